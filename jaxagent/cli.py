@@ -1,0 +1,76 @@
+"""The ``jaxagent`` command line: ``sweep``, ``bench``, ``train``, ``eval``, ``export``."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from jaxagent.config import ConfigError
+
+BENCHMARKS = ("envs", "text", "sampler", "rollout")
+
+
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from envs_jax import sweep
+
+    sweep.run_from_config(args.config, args.overrides)
+
+
+def _cmd_bench(args: argparse.Namespace) -> None:
+    names = BENCHMARKS if args.name == "all" else (args.name,)
+    results = {}
+    for name in names:
+        module = importlib.import_module(f"jaxagent.bench.{name}")
+        results[name] = module.run(quick=args.quick)
+    out = results if args.name == "all" else results[args.name]
+    print(json.dumps(out, indent=2))
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=2) + "\n")
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    from jaxagent import trainers
+
+    getattr(trainers, f"{args.command}_from_config")(args.config, args.overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxagent", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sweep", help="vectorised baseline sweep over env options x policies x seeds")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("bench", help="side-by-side benchmarks against peer libraries")
+    p.add_argument("name", choices=BENCHMARKS + ("all",))
+    p.add_argument("--json", help="write the result to this JSON file")
+    p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    p.set_defaults(func=_cmd_bench)
+
+    for name, text in (("train", "train an agent (SFT, RLFT, RFT, EEF)"),
+                       ("eval", "evaluate a checkpoint"),
+                       ("export", "export a checkpoint as a Hugging Face directory")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("config")
+        p.add_argument("overrides", nargs="*", help="key=value overrides")
+        p.set_defaults(func=_cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ConfigError as e:
+        print(f"jaxagent: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
