@@ -1,0 +1,177 @@
+"""The agent episode as one jitted function: render → sample → parse → env step, a ``lax.scan`` over steps.
+
+Per step and per row (all rows at once, no host round-trip)::
+
+    cache = rewind(cache, end_of_history)          # drop last step's tail and generated tokens
+    cache = append(cache, history_line(t-1) ++ tail(state))
+    z, logp = sample(cache)                        # temperature / top-k / top-p, stop tokens, budget G
+    action, valid = parse(z)                       # last ACTION=<label>; illegal moves are invalid too
+    action = valid ? action : random legal action  # what the env executes and the next prompt shows
+    state, r = env.step(state, action)
+    r_train = r + exploration bonus - invalid_penalty * (1 - valid)   # shaping reaches the loss only
+
+When an episode ends (tic-tac-toe) the row's env auto-resets and its cache rewinds to the end of the prefix,
+so every row keeps playing for ``num_steps`` steps. With a history window shorter than the horizon the oldest
+line leaves the prompt each step, so the prompt is re-prefilled from the start instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from jaxagent.model import sampler
+from jaxagent.model.config import GemmaConfig
+from jaxagent.model.gemma import init_cache
+from jaxagent.text.fragments import join
+
+
+@struct.dataclass
+class Trajectory:
+    """Everything losses, metrics and EEF need; arrays are ``[B, T, ...]`` for ``T = num_steps``."""
+    line_tokens: jax.Array  # [B, T, Lh] history line appended at this step (the previous step's), pad after
+    line_lengths: jax.Array  # [B, T] 0 at an episode's first step
+    tail_tokens: jax.Array  # [B, T, Lt]
+    tail_lengths: jax.Array  # [B, T]
+    tokens: jax.Array  # [B, T, G] generated tokens
+    logprobs: jax.Array  # [B, T, G] behaviour log-probs of the generated tokens (0 past the length)
+    lengths: jax.Array  # [B, T] generated length
+    actions: jax.Array  # [B, T] executed action
+    valid: jax.Array  # [B, T] the model's output named a legal action
+    env_rewards: jax.Array  # [B, T]
+    train_rewards: jax.Array  # [B, T] env reward + shaping
+    first: jax.Array  # [B, T] this step starts an episode (its prompt has no history)
+    done: jax.Array  # [B, T] the episode ended with this step
+    expected_reward: jax.Array  # [B, T] (bandits; 0 elsewhere)
+    best_expected_reward: jax.Array  # [B, T]
+    states: Any  # env state before the step, [B, T, ...] — EEF restarts from these
+    prefix_length: jax.Array  # [] shared prompt prefix length
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentLoop:
+    """The static pieces of an episode: env, prompt renderer, action parser, model config, sampling settings."""
+    env: Any
+    renderer: Any
+    parser: Any
+    model_cfg: GemmaConfig
+    num_steps: int
+    max_new_tokens: int
+    stop_tokens: tuple[int, ...]
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    invalid_penalty: float = 5.0
+    exploration_bonus: float = 0.0
+
+    @property
+    def rewinds(self) -> bool:
+        """True when the history only grows, so the cache can be rewound to the end of the history."""
+        return self.renderer.window >= self.renderer.horizon
+
+    @property
+    def cache_len(self) -> int:
+        r = self.renderer
+        body = r.options.max_len if not self.rewinds else r.prefix[1] + r.window * r.line_width + r.tail_width
+        return int(body + self.max_new_tokens)
+
+    def random_legal_action(self, key, state):
+        mask = getattr(state, "legal_mask", None)
+        if mask is None:
+            return jax.random.randint(key, (), 0, self.env.num_actions)
+        return jax.random.categorical(key, jnp.where(mask, 0.0, -jnp.inf))
+
+    def _env_step(self, key, state, generated, length, env_params):
+        """Parse, replace invalid outputs by a random legal action, step (auto-resetting), shape the reward."""
+        k_random, k_step, k_reset = jax.random.split(key, 3)
+        action, valid = self.parser.parse(generated, length, getattr(state, "legal_mask", None))
+        executed = jnp.where(valid, action, self.random_legal_action(k_random, state))
+        _, next_state, reward, terminated, truncated, info = self.env.step(k_step, state, executed, env_params)
+        done = terminated | truncated
+        _, fresh = self.env.reset(k_reset, env_params)
+        next_state = jax.tree.map(lambda a, b: jnp.where(done, a, b), fresh, next_state)
+        bonus = 0.0
+        if self.exploration_bonus and hasattr(state, "counts"):
+            bonus = self.exploration_bonus * (state.counts[executed] == 0)
+        train_reward = reward + bonus - self.invalid_penalty * (1.0 - valid)
+        expected = info.get("expected_reward", jnp.float32(0))
+        best = info.get("best_expected_reward", jnp.float32(0))
+        return next_state, (executed, valid, reward, train_reward, done, expected, best)
+
+    def _prompt_pieces(self, state, env_params):
+        r = self.renderer
+        first = state.t == 0
+        line, line_len = r.history_line(state, env_params, jnp.maximum(state.t - 1, 0))
+        line_len = jnp.where(first, 0, line_len)
+        tail, tail_len = r.tail(state, env_params)
+        return first, (line, line_len), (tail, tail_len)
+
+    def _play(self, env_params, key, generate, extra):
+        """The episode scan shared by the model and the experts: ``generate(extra, key, state, first, line,
+        tail) -> (extra, tokens[B, G], logprobs[B, G], lengths[B])`` writes each step's output."""
+        B = jax.tree.leaves(env_params)[0].shape[0]
+        k_reset, k_steps = jax.random.split(key)
+        _, state = jax.vmap(self.env.reset)(jax.random.split(k_reset, B), env_params)
+
+        def step(carry, key):
+            state, extra = carry
+            k_gen, k_env = jax.random.split(key)
+            first, line, tail = jax.vmap(self._prompt_pieces)(state, env_params)
+            extra, gen, logp, gen_len = generate(extra, k_gen, state, first, line, tail)
+            next_state, outs = jax.vmap(self._env_step)(jax.random.split(k_env, B), state, gen, gen_len, env_params)
+            executed, valid, reward, train_reward, done, expected, best = outs
+            record = (line[0], line[1], tail[0], tail[1], gen, logp, gen_len, executed, valid, reward, train_reward,
+                      first, done, expected, best, state)
+            return (next_state, extra), record
+
+        _, records = jax.lax.scan(step, (state, extra), jax.random.split(k_steps, self.num_steps))
+        records = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), records)  # time-major -> batch-major
+        return Trajectory(*records, prefix_length=jnp.int32(self.renderer.prefix[1]))
+
+    def rollout(self, model_params, env_params, key) -> Trajectory:
+        """Play ``num_steps`` steps with the model in each of the ``B`` env instances of ``env_params``."""
+        r, cfg = self.renderer, self.model_cfg
+        B = jax.tree.leaves(env_params)[0].shape[0]
+        cache = init_cache(cfg, B, self.cache_len, model_params["embed"].dtype)
+        prefix_tokens, prefix_len = r.prefix
+        cache, _ = sampler.append(model_params, cfg, cache, jnp.broadcast_to(prefix_tokens, (B, prefix_len)),
+                                  jnp.full((B,), prefix_len, jnp.int32))
+
+        def generate(extra, key, state, first, line, tail):
+            cache, end_of_history = extra
+            if self.rewinds:
+                start = jnp.where(first, prefix_len, end_of_history)
+                new, new_len = jax.vmap(lambda l, ll, t, tl: join([(l, ll), (t, tl)], r.pad_id))(*line, *tail)
+                cache = sampler.rewind(cache, start)
+                end_of_history = start + line[1]
+            else:
+                new, new_len = jax.vmap(r.render)(state, env_params)
+                cache = sampler.rewind(cache, jnp.zeros((B,), jnp.int32))
+            cache, logits = sampler.append(model_params, cfg, cache, new, new_len)
+            cache, gen, logp, gen_len = sampler.sample(
+                model_params, cfg, cache, logits, key, max_new_tokens=self.max_new_tokens,
+                temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, stop_tokens=self.stop_tokens)
+            return (cache, end_of_history), gen, logp, gen_len
+
+        return self._play(env_params, key, generate, (cache, jnp.full((B,), prefix_len, jnp.int32)))
+
+    def expert_rollout(self, expert, env_params, key) -> Trajectory:
+        """Play with an :class:`jaxagent.experts.Expert`; its reasoning tokens stand where the model's would."""
+        if expert.width > self.max_new_tokens:
+            raise ValueError(f"expert reasoning needs up to {expert.width} tokens, over the generation budget "
+                             f"max_new_tokens={self.max_new_tokens}")
+        B = jax.tree.leaves(env_params)[0].shape[0]
+        G, pad = self.max_new_tokens, self.renderer.pad_id
+
+        def generate(extra, key, state, first, line, tail):
+            _, (tokens, lengths) = jax.vmap(expert.act)(jax.random.split(key, B), state, env_params)
+            tokens = jnp.pad(tokens, ((0, 0), (0, G - tokens.shape[1])), constant_values=pad)
+            return extra, tokens, jnp.zeros(tokens.shape, jnp.float32), lengths
+
+        return self._play(env_params, key, generate, ())
+
+    def jitted(self) -> Callable:
+        return jax.jit(self.rollout)

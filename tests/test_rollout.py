@@ -1,0 +1,74 @@
+"""The jitted agent episode against a slow host loop: host strings, host tokenizer, fresh-cache generation, regex."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import envs_jax
+from jaxagent.experts import Expert
+from jaxagent.model import GemmaConfig, init_params
+from jaxagent.model.sampler import generate
+from jaxagent.rollout import AgentLoop
+from jaxagent.text.bandit_prompt import BanditRenderer
+from jaxagent.text.parse import ActionParser
+from jaxagent.text.render import PromptOptions
+from jaxagent.text.tokenizer import shipped_tokenizer
+
+TOK = shipped_tokenizer()
+CFG = GemmaConfig(vocab_size=TOK.vocab_size, num_layers=2, d_model=32, ffw_dim=64, num_heads=2, num_kv_heads=1,
+                  head_dim=16, sliding_window=32, query_pre_attn_scalar=16)
+HORIZON, K, G, B = 6, 3, 8, 3
+
+
+def make_loop(**kw):
+    env = envs_jax.make_env("bandit-gaussian", num_arms=K, horizon=HORIZON)
+    renderer = BanditRenderer(K, HORIZON, TOK, PromptOptions(max_len=512))
+    parser = ActionParser(TOK, renderer.labels)
+    loop = AgentLoop(env, renderer, parser, CFG, num_steps=HORIZON, max_new_tokens=G, stop_tokens=TOK.stop_ids, **kw)
+    pool = jax.vmap(env.sample_params)(jax.random.split(jax.random.key(1), B))
+    return loop, pool
+
+
+def row(tree, b, t=None):
+    return jax.tree.map(lambda x: np.asarray(x)[b] if t is None else np.asarray(x)[b, t], tree)
+
+
+def test_rollout_is_token_exact_against_host_loop():
+    loop, pool = make_loop(temperature=0.0, exploration_bonus=1.0)
+    params = init_params(CFG, jax.random.key(0), std=0.5)
+    traj = jax.jit(loop.rollout)(params, pool, jax.random.key(2))
+    prefix = list(np.asarray(loop.renderer.prefix[0]))
+    for b in range(B):
+        history = []
+        for t in range(HORIZON):
+            state, env_params = row(traj.states, b, t), row(pool, b)
+            history += list(traj.line_tokens[b, t, : traj.line_lengths[b, t]])
+            tail = list(traj.tail_tokens[b, t, : traj.tail_lengths[b, t]])
+            expected_prompt = TOK.encode(loop.renderer.render_text(state, env_params))
+            assert prefix + history + tail == expected_prompt
+            ids = jnp.asarray([expected_prompt], jnp.int32)
+            _, gen, _, n = generate(params, CFG, ids, jnp.asarray([len(expected_prompt)]), jax.random.key(0),
+                                    max_len=len(expected_prompt) + G, max_new_tokens=G, stop_tokens=TOK.stop_ids)
+            n = int(n[0])
+            assert traj.tokens[b, t, :n].tolist() == gen[0, :n].tolist() and traj.lengths[b, t] == n
+            action = loop.parser.parse_reference(gen[0, :n].tolist())
+            assert bool(traj.valid[b, t]) == (action is not None)
+            if action is not None:
+                assert traj.actions[b, t] == action
+            assert state.actions[t] == -1 and (t == 0 or state.actions[t - 1] == traj.actions[b, t - 1])
+            new_arm = state.counts[traj.actions[b, t]] == 0
+            shaped = traj.env_rewards[b, t] + 1.0 * new_arm - 5.0 * (action is None)
+            np.testing.assert_allclose(traj.train_rewards[b, t], shaped, rtol=1e-6)
+
+
+def test_expert_episode_parses_back_to_the_expert_actions():
+    loop, pool = make_loop(temperature=0.0)
+    expert = Expert("ucb", TOK, loop.renderer.labels, HORIZON, stats=True)
+    loop = dataclasses.replace(loop, max_new_tokens=expert.width)
+    traj = jax.jit(lambda p, k: loop.expert_rollout(expert, p, k))(pool, jax.random.key(3))
+    assert bool(traj.valid.all())
+    # UCB tries every arm once first, in label order
+    np.testing.assert_array_equal(np.asarray(traj.actions)[:, :K], np.tile(np.arange(K), (B, 1)))
+    text = TOK.decode(traj.tokens[0, K, : traj.lengths[0, K]])
+    assert "We select the action with the highest UCB value." in text
