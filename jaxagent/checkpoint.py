@@ -1,0 +1,114 @@
+"""Training checkpoints (Orbax): parameters, optimizer state, RNG key, update count and data position.
+
+Saving step n and restoring it continues the run exactly as if it had never stopped: everything
+the next update depends on is in the checkpoint (the data position is whatever the trainer needs
+to find its next batch, e.g. ``{"rollout": 12}``). Only finite states are saved, and Orbax keeps
+the newest ``keep`` checkpoints, so the last good one always survives a failing run.
+Parameters are a separate item, so evaluation and export can restore them alone.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from jaxagent.train_step import NonFiniteError, TrainState
+
+
+class CheckpointNotFoundError(FileNotFoundError):
+    """No checkpoint where one was asked for; the message names the directory (and step)."""
+
+
+class Restored(NamedTuple):
+    state: TrainState
+    rng: jax.Array
+    data_position: dict
+    step: int
+
+
+def _abstract(tree: Any) -> Any:
+    """Shapes, dtypes and shardings of ``tree``: restored arrays land with the same layout."""
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def _all_finite(tree: Any) -> bool:
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
+
+
+class Checkpointer:
+    """An Orbax ``CheckpointManager`` over ``directory`` holding step-numbered training checkpoints."""
+
+    def __init__(self, directory: str | Path, *, keep: int = 3, create: bool = True, async_save: bool = True):
+        self.directory = Path(directory).absolute()
+        if not create and not self.directory.is_dir():
+            raise CheckpointNotFoundError(f"checkpoint directory not found: {self.directory}")
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
+                                               enable_async_checkpointing=async_save)
+        self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                              item_names=("params", "opt_state", "rng", "meta"))
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, state: TrainState, rng: jax.Array, data_position: dict | None = None) -> int:
+        """Save ``state`` under its update count; refuse a non-finite state (earlier checkpoints stay)."""
+        step = int(state.step)
+        if not _all_finite((state.params, state.opt_state)):
+            last = self.latest_step()
+            raise NonFiniteError(f"not saving the checkpoint of update {step} in {self.directory}: it holds "
+                                 f"NaN or inf values; the last good checkpoint is update {last}")
+        typed = jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
+        key_data = jax.random.key_data(rng) if typed else rng
+        meta = {"step": step, "data_position": dict(data_position or {}),
+                "rng_impl": str(jax.random.key_impl(rng)) if typed else None, "rng_shape": list(key_data.shape)}
+        self._manager.save(step, args=ocp.args.Composite(
+            params=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
+            rng=ocp.args.StandardSave({"key_data": key_data}), meta=ocp.args.JsonSave(meta)), force=True)
+        return step
+
+    def _resolve(self, step: int | None) -> int:
+        self._manager.wait_until_finished()
+        if step is None:
+            step = self.latest_step()
+            if step is None:
+                raise CheckpointNotFoundError(f"no checkpoint in {self.directory}")
+        elif step not in self.all_steps():
+            raise CheckpointNotFoundError(f"no checkpoint of update {step} in {self.directory} "
+                                          f"(available: {self.all_steps()})")
+        return step
+
+    def restore(self, like: TrainState, step: int | None = None) -> Restored:
+        """The full training state at ``step`` (default: the latest), laid out like ``like``."""
+        step = self._resolve(step)
+        meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        key_like = jax.ShapeDtypeStruct(tuple(meta["rng_shape"]), jnp.uint32,
+                                        sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+        out = self._manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(_abstract(like.params)),
+            opt_state=ocp.args.StandardRestore(_abstract(like.opt_state)),
+            rng=ocp.args.StandardRestore({"key_data": key_like})))
+        key_data = out["rng"]["key_data"]
+        rng = jax.random.wrap_key_data(key_data, impl=meta["rng_impl"]) if meta["rng_impl"] else key_data
+        state = TrainState(jnp.asarray(meta["step"], jnp.int32), out["params"], out["opt_state"])
+        return Restored(state, rng, meta["data_position"], step)
+
+    def restore_params(self, like_params: Any, step: int | None = None) -> Any:
+        """Only the parameters at ``step`` (default: the latest), e.g. for evaluation or export."""
+        step = self._resolve(step)
+        out = self._manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(_abstract(like_params))))
+        return out["params"]
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()

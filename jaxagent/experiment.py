@@ -1,0 +1,241 @@
+"""The experiment config: typed sections with the RLFT paper's defaults, loaded by ``jaxagent.config``.
+
+``load_experiment(path, overrides)`` reads a YAML file plus ``key=value`` overrides; an unknown key
+or a bad value is one ``ConfigError`` naming the dotted key. Defaults follow Schmied et al. 2025:
+128 step contexts per update, Adafactor at 1e-4 with 100 warm-up steps and cosine decay to 1e-6,
+gradient clip 1.0, PPO ε = 0.2, KL β = 0.05, −5 for an invalid action, G = 256 generated tokens
+after a 1792-token context, temperature 1.0 in training and 0 (greedy) in evaluation.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Literal
+
+from jaxagent import config as configlib
+from jaxagent.config import ConfigError
+
+_field = dataclasses.field
+
+
+def _require(ok: bool, key: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {rule}, got {value!r}")
+
+
+def _positive(section: Any, prefix: str, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        _require(value > 0, f"{prefix}.{name}", "must be > 0", value)
+
+
+def _unit_interval(section: Any, prefix: str, *names: str) -> None:
+    for name in names:
+        value = getattr(section, name)
+        _require(0.0 <= value <= 1.0, f"{prefix}.{name}", "must be in [0, 1]", value)
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+    name: str = "bandit-gaussian"          # an envs_jax.make name
+    options: dict[str, Any] = _field(default_factory=lambda: {"num_arms": 5, "sigma": 1.0})
+    pool_size: int = 512                   # training instances; each rollout draws from this pool
+    num_steps: int | None = None           # env steps per rollout row; None = the env's horizon (games auto-reset)
+
+    def validate(self) -> None:
+        _require(bool(self.name), "env.name", "must not be empty", self.name)
+        _positive(self, "env", "pool_size")
+        if self.num_steps is not None:
+            _positive(self, "env", "num_steps")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    preset: str = "tiny"                   # a jaxagent.model preset (tiny, gemma2-2b, gemma2-9b, ...)
+    checkpoint: str | None = None          # local HF safetensors or Orbax directory; None = random init
+    tokenizer: str | None = None           # a tokenizer directory, or "shipped"; None = the checkpoint's own
+                                           # (the shipped one without a checkpoint)
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    value_head: bool = False               # state-value head on the last hidden state (GAE)
+    mesh: tuple[int, int, int] = (-1, 1, 1)  # (data, fsdp, tensor) sizes; -1 = the remaining devices
+    remat: bool = False
+
+    def validate(self) -> None:
+        sizes = self.mesh
+        _require(all(s == -1 or s > 0 for s in sizes) and sizes.count(-1) <= 1, "model.mesh",
+                 "sizes must be positive with at most one -1", list(sizes))
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptConfig:
+    arm_labels: Literal["button", "numeric"] = "button"
+    chain_of_thought: bool = True
+    context_summary: bool = False          # per-arm counts and mean rewards after the history
+    legal_actions: bool = True             # list the legal moves (tic-tac-toe)
+    max_prompt_tokens: int = 1792
+
+    def validate(self) -> None:
+        _positive(self, "prompt", "max_prompt_tokens")
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    envs_per_rollout: int = 16
+    max_new_tokens: int = 256              # G, the thinking budget per step
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0                         # 0 = no top-k filter
+    invalid_penalty: float = -5.0          # added to the training reward when no valid ACTION=X is parsed
+    exploration_bonus: bool = False        # + exploration_bonus_value the first time an arm is tried
+    exploration_bonus_value: float = 1.0
+    try_all: bool = False                  # play each untried arm first, with the paper's rationale
+    epsilon_greedy: bool = False
+    epsilon: float = 0.1
+
+    def validate(self) -> None:
+        _positive(self, "rollout", "envs_per_rollout", "max_new_tokens")
+        _require(self.temperature >= 0, "rollout.temperature", "must be >= 0", self.temperature)
+        _require(0.0 < self.top_p <= 1.0, "rollout.top_p", "must be in (0, 1]", self.top_p)
+        _require(self.top_k >= 0, "rollout.top_k", "must be >= 0", self.top_k)
+        _require(self.invalid_penalty <= 0, "rollout.invalid_penalty", "must be <= 0", self.invalid_penalty)
+        _unit_interval(self, "rollout", "epsilon")
+
+
+def _check_batching(section: Any, prefix: str) -> None:
+    _positive(section, prefix, "batch_size", "num_updates")
+    micro = section.micro_batch_size
+    if micro is not None:
+        _require(micro > 0 and section.batch_size % micro == 0, f"{prefix}.micro_batch_size",
+                 f"must be a positive divisor of {prefix}.batch_size={section.batch_size}", micro)
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+    batch_size: int = 128                  # step contexts per update (accumulated over micro-batches)
+    micro_batch_size: int | None = None    # None = the whole batch in one pass
+    num_updates: int = 30000
+    epochs: int = 1                        # passes over each rollout's contexts
+    epsilon: float = 0.2                   # PPO clip; epsilon_low / epsilon_high override either side
+    epsilon_low: float | None = None
+    epsilon_high: float | None = None
+    beta: float = 0.05                     # weight of the KL to the frozen starting policy
+    kl_estimator: Literal["k1", "k3"] = "k3"
+    advantage: Literal["rewards_to_go_mc", "gae"] = "rewards_to_go_mc"
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    normalize_rewards: bool = False
+    normalize_advantages: bool = False
+    value_coef: float = 0.5
+    value_clip: float | None = None
+
+    def validate(self) -> None:
+        _check_batching(self, "rl")
+        _positive(self, "rl", "epochs")
+        for name in ("epsilon", "epsilon_low"):  # the ratio's lower bound 1 − ε must stay positive
+            value = getattr(self, name)
+            if value is not None:
+                _require(0.0 < value < 1.0, f"rl.{name}", "must be in (0, 1)", value)
+        if self.epsilon_high is not None:
+            _require(self.epsilon_high > 0, "rl.epsilon_high", "must be > 0", self.epsilon_high)
+        _require(self.beta >= 0, "rl.beta", "must be >= 0", self.beta)
+        _unit_interval(self, "rl", "gamma", "gae_lambda")
+        _require(self.value_coef >= 0, "rl.value_coef", "must be >= 0", self.value_coef)
+        if self.value_clip is not None:
+            _require(self.value_clip > 0, "rl.value_clip", "must be > 0", self.value_clip)
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    target: Literal["thought_cloning", "behaviour_cloning"] = "thought_cloning"
+    expert: Literal["ucb", "greedy"] = "ucb"
+    rationale_stats: bool = True           # thought cloning writes each arm's count, mean (and UCB) first
+    batch_size: int = 128                  # step contexts per update; fresh expert episodes every update
+    micro_batch_size: int | None = None
+    num_updates: int = 1000
+
+    def validate(self) -> None:
+        _check_batching(self, "sft")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    name: Literal["adafactor", "adamw"] = "adafactor"
+    learning_rate: float = 1e-4
+    warmup_steps: int = 100                # linear from 0 to learning_rate
+    final_learning_rate: float = 1e-6      # cosine decay reaches it at the last update
+    clip_norm: float | None = 1.0          # global gradient-norm clip; null = off
+    weight_decay: float = 0.0
+    b1: float = 0.9                        # AdamW moments
+    b2: float = 0.999
+    adafactor_decay_rate: float = 0.8
+    adafactor_param_scale: bool = False    # True = Adafactor's relative step (lr × parameter RMS)
+
+    def validate(self) -> None:
+        _positive(self, "optim", "learning_rate")
+        _require(self.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0", self.warmup_steps)
+        _require(0 <= self.final_learning_rate <= self.learning_rate, "optim.final_learning_rate",
+                 f"must be in [0, optim.learning_rate={self.learning_rate}]", self.final_learning_rate)
+        if self.clip_norm is not None:
+            _require(self.clip_norm > 0, "optim.clip_norm", "must be > 0 (or null for no clipping)", self.clip_norm)
+        _require(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0", self.weight_decay)
+        for name in ("b1", "b2", "adafactor_decay_rate"):
+            value = getattr(self, name)
+            _require(0.0 <= value < 1.0, f"optim.{name}", "must be in [0, 1)", value)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    every: int = 10000                     # updates between greedy evaluations
+    num_episodes: int = 64                 # held-out instances, the same for every method
+    seed: int = 1234                       # keys of the held-out instances and of their env noise
+    temperature: float = 0.0
+
+    def validate(self) -> None:
+        _positive(self, "eval", "every")
+        _require(self.num_episodes >= 2, "eval.num_episodes", "must be >= 2 (for a confidence interval)",
+                 self.num_episodes)
+        _require(self.temperature >= 0, "eval.temperature", "must be >= 0", self.temperature)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"
+    output_dir: str = "runs"               # the run directory is output_dir/name
+    seed: int = 0
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+    log_every: int = 10
+    resume: bool = True                    # continue from the run directory's last checkpoint
+
+    def validate(self) -> None:
+        _require(bool(self.name) and "/" not in self.name, "run.name", "must be a non-empty name without '/'",
+                 self.name)
+        _positive(self, "run", "checkpoint_every", "keep_checkpoints", "log_every")
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    trainer: Literal["sft", "rlft", "sft_then_rlft"] = "rlft"
+    env: EnvConfig = _field(default_factory=EnvConfig)
+    model: ModelConfig = _field(default_factory=ModelConfig)
+    prompt: PromptConfig = _field(default_factory=PromptConfig)
+    rollout: RolloutConfig = _field(default_factory=RolloutConfig)
+    rl: RLConfig = _field(default_factory=RLConfig)
+    sft: SFTConfig = _field(default_factory=SFTConfig)
+    optim: OptimConfig = _field(default_factory=OptimConfig)
+    eval: EvalConfig = _field(default_factory=EvalConfig)
+    run: RunConfig = _field(default_factory=RunConfig)
+
+    def validate(self) -> None:
+        if self.rl.advantage == "gae":
+            _require(self.model.value_head, "model.value_head", "must be true when rl.advantage is 'gae'",
+                     self.model.value_head)
+
+
+def load_experiment(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
+    """The experiment config from a YAML file (or the defaults when ``path`` is None) plus overrides."""
+    return configlib.load(ExperimentConfig, path, overrides)

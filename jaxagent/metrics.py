@@ -1,0 +1,106 @@
+"""Decision-making metrics (all jittable): regret, action coverage, greediness, invalid actions,
+tic-tac-toe outcomes, and the mean with a 95% confidence interval (Student t) over seeds or episodes.
+
+Per-step arrays are ``[..., T]`` with time last (one row per episode).
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+
+def cumulative_regret(expected_reward: jax.Array, best_expected_reward: jax.Array) -> jax.Array:
+    """Σ_{s≤t} (μ* − μ_{a_s}): the expected reward of the best arm minus that of the executed one."""
+    gap = jnp.asarray(best_expected_reward, jnp.float32) - jnp.asarray(expected_reward, jnp.float32)
+    return jnp.cumsum(gap, axis=-1)
+
+
+def action_coverage(actions: jax.Array, num_actions: int) -> jax.Array:
+    """C_t = |{a : N_t(a) > 0}| / K, the fraction of the K actions chosen at least once up to step t."""
+    chosen = jax.nn.one_hot(actions, num_actions, dtype=jnp.float32)  # [..., T, K]
+    return jnp.sum(jax.lax.cummax(chosen, axis=chosen.ndim - 2), axis=-1) / num_actions
+
+
+def greedy_actions(actions: jax.Array, rewards: jax.Array, num_actions: int) -> tuple[jax.Array, jax.Array]:
+    """(greedy, defined) per step: ``greedy`` = the action has the best empirical mean reward among the
+    actions tried before this step (ties count as greedy); ``defined`` = at least one had been tried."""
+    chosen = jax.nn.one_hot(actions, num_actions, dtype=jnp.float32)  # [..., T, K]
+    paid = chosen * jnp.asarray(rewards, jnp.float32)[..., None]
+    counts = jnp.cumsum(chosen, axis=-2) - chosen                     # N(a) before step t
+    means = (jnp.cumsum(paid, axis=-2) - paid) / jnp.maximum(counts, 1.0)
+    tried = counts > 0
+    best = jnp.max(jnp.where(tried, means, -jnp.inf), axis=-1)
+    mine = jnp.sum(chosen * means, axis=-1)
+    mine_tried = jnp.sum(chosen * tried, axis=-1) > 0
+    defined = jnp.any(tried, axis=-1)
+    return mine_tried & (mine >= best) & defined, defined
+
+
+def greedy_action_rate(actions: jax.Array, rewards: jax.Array, num_actions: int) -> jax.Array:
+    """Fraction of steps (with at least one action already tried) whose action is a greedy one."""
+    greedy, defined = greedy_actions(actions, rewards, num_actions)
+    return jnp.sum(greedy) / jnp.maximum(jnp.sum(defined), 1)
+
+
+def invalid_rate(valid: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """Fraction of (unmasked) steps whose generation held no valid ``ACTION=X``."""
+    invalid = 1.0 - jnp.asarray(valid, jnp.float32)
+    mask = jnp.ones_like(invalid) if mask is None else jnp.asarray(mask, jnp.float32)
+    return jnp.sum(invalid * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def game_outcomes(rewards: jax.Array, dones: jax.Array) -> dict[str, jax.Array]:
+    """Return and win / draw / loss fractions of the episodes that *finished* in ``[N, T]`` auto-reset
+    rollouts (``dones[n, t]`` = an episode ended with step t). Episodes still running at the end are
+    left out; all values are NaN if none finished."""
+    rewards = jnp.asarray(rewards, jnp.float32)
+    dones = jnp.asarray(dones, bool)
+
+    def walk(running, x):
+        r, d = x
+        total = running + r
+        return jnp.where(d, 0.0, total), total
+
+    _, totals = jax.lax.scan(walk, jnp.zeros(rewards.shape[0]), (rewards.T, dones.T))
+    totals = totals.T  # running episode return at every step; the episode's return where done
+    count = jnp.sum(dones)
+
+    def frac(hit):
+        return jnp.where(count > 0, jnp.sum(hit & dones) / jnp.maximum(count, 1), jnp.nan)
+
+    return {"episodes": count,
+            "return": jnp.where(count > 0, jnp.sum(jnp.where(dones, totals, 0.0)) / jnp.maximum(count, 1), jnp.nan),
+            "win": frac(totals > 0), "draw": frac(totals == 0), "loss": frac(totals < 0)}
+
+
+@partial(jax.jit, static_argnames="iterations")
+def student_t_ppf(q: float | jax.Array, df: int | jax.Array, iterations: int = 60) -> jax.Array:
+    """The q-quantile (q > 0.5) of Student's t with ``df`` degrees of freedom.
+
+    P(T > t) = ½ I_x(df/2, ½) with x = df / (df + t²); I_x is increasing in x, so x is found by
+    bisection on (0, 1) and t = sqrt(df (1 − x) / x).
+    """
+    df = jnp.asarray(df, jnp.float32)
+    target = 2.0 * (1.0 - q)
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        too_high = jax.scipy.special.betainc(df / 2, 0.5, mid) > target
+        return jnp.where(too_high, lo, mid), jnp.where(too_high, mid, hi)
+
+    lo, hi = jax.lax.fori_loop(0, iterations, halve, (jnp.float32(0.0), jnp.float32(1.0)))
+    x = 0.5 * (lo + hi)
+    return jnp.sqrt(df * (1.0 - x) / x)
+
+
+def mean_ci95(x: jax.Array, axis: int = 0) -> tuple[jax.Array, jax.Array]:
+    """(mean, half-width of the 95% confidence interval) along ``axis``, with the t-distribution."""
+    x = jnp.asarray(x, jnp.float32)
+    n = x.shape[axis]
+    if n < 2:
+        raise ValueError(f"a confidence interval needs at least 2 values along axis {axis}, got {n}")
+    sem = jnp.std(x, axis=axis, ddof=1) / jnp.sqrt(n)
+    return jnp.mean(x, axis=axis), student_t_ppf(0.975, n - 1) * sem
