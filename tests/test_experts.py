@@ -1,9 +1,8 @@
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxagent.experts import EXPLORE, Expert
+from jaxagent.experts import Expert
 from jaxagent.text.bandit_prompt import arm_labels
 from jaxagent.text.parse import ActionParser
 from jaxagent.text.states import random_bandit
@@ -11,7 +10,7 @@ from jaxagent.text.tokenizer import shipped_tokenizer
 
 
 def reference_choice(kind, counts, sums):
-    """Plain-Python UCB (mean + sqrt(1/n), untried first) and greedy (best mean among tried)."""
+    """Plain-Python UCB (mean + sqrt(1/n), untried first) and greedy (best mean among tried); None = random."""
     untried = [a for a, n in enumerate(counts) if n == 0]
     if kind == "ucb":
         if untried:
@@ -19,14 +18,14 @@ def reference_choice(kind, counts, sums):
         return int(np.argmax([np.float32(s) / np.float32(n) + np.sqrt(np.float32(1) / np.float32(n))
                               for s, n in zip(sums, counts)]))
     if kind == "random" or len(untried) == len(counts):
-        return None  # random
+        return None
     return int(np.argmax([np.float32(s) / np.float32(n) if n else -np.inf for s, n in zip(sums, counts)]))
 
 
 @pytest.mark.parametrize("kind,stats,reasoning", [("ucb", True, True), ("greedy", True, True), ("ucb", False, True),
                                                   ("greedy", False, True), ("random", True, True),
                                                   ("ucb", True, False)])
-def test_expert_tokens_match_text_and_parse_back(kind, stats, reasoning):
+def test_expert_actions_follow_the_rule_and_their_text_parses_back(kind, stats, reasoning):
     tok = shipped_tokenizer()
     labels = arm_labels("button", 5)
     expert = Expert(kind, tok, labels, horizon=50, stats=stats, reasoning=reasoning)
@@ -35,22 +34,24 @@ def test_expert_tokens_match_text_and_parse_back(kind, stats, reasoning):
     keys = jax.random.split(jax.random.key(0), 300)
     actions, (tokens, lengths) = jax.jit(jax.vmap(expert.act))(keys, states, params)
     parsed, valid = jax.jit(jax.vmap(parser.parse))(tokens, lengths)
-    reasons = jax.jit(jax.vmap(expert.choose))(keys, states.counts, states.reward_sums)[1]
     assert bool(valid.all()) and (np.asarray(parsed) == np.asarray(actions)).all()
     assert tokens.shape[1] == expert.width
+    random_picks = set()
     for b in range(300):
         counts, sums = np.asarray(states.counts[b]), np.asarray(states.reward_sums[b])
-        expected_action = reference_choice(kind, counts, sums)
-        if expected_action is not None:
-            assert int(actions[b]) == expected_action
-        reason = reasons[b]
-        text = expert.text(counts, sums, int(actions[b]), int(reason))
+        expected = reference_choice(kind, counts, sums)
+        if expected is None:
+            random_picks.add(int(actions[b]))
+        else:
+            assert int(actions[b]) == expected
+        text = expert.text(counts, sums, int(actions[b]))
         assert tokens[b, : lengths[b]].tolist() == tok.encode(text), text
         assert text.endswith(f"ACTION={labels[int(actions[b])]}<end_of_turn>")
-        if not reasoning:
-            assert text == f" ACTION={labels[int(actions[b])]}<end_of_turn>"
-        elif kind == "ucb" and (counts == 0).any():
-            assert int(reason) == EXPLORE
+        assert ("count=" in text) == (stats and reasoning and kind != "random")
+        if not reasoning or kind == "random":
+            assert text == f"ACTION={labels[int(actions[b])]}<end_of_turn>"
+    if kind == "random":
+        assert random_picks == set(range(5))
 
 
 def test_unknown_expert_is_refused():

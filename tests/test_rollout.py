@@ -71,4 +71,4 @@ def test_expert_episode_parses_back_to_the_expert_actions():
     # UCB tries every arm once first, in label order
     np.testing.assert_array_equal(np.asarray(traj.actions)[:, :K], np.tile(np.arange(K), (B, 1)))
     text = TOK.decode(traj.tokens[0, K, : traj.lengths[0, K]])
-    assert "We select the action with the highest UCB value." in text
+    assert "We select actions according to the highest UCB value." in text
