@@ -1,0 +1,204 @@
+"""``jaxagent bench sampler``: greedy generation with our sampler vs HF ``generate`` (torch) vs tunix's sampler.
+
+One tiny Gemma 2 checkpoint (4 layers, d 256, ffw 1024, 4 heads, 2 kv heads, head_dim 64, vocab 2048, window 64)
+is made by HF transformers and loaded by every stack; prompts of 64 random ids, exactly 64 new tokens, batch 8
+and 64, all in this process. Reported: median new tokens/s, ratios, compile / first-call time apart, and the
+fraction reached of a floor measured in the same run: the weight matmuls alone of one decode step, in a jitted
+loop. Also the AOT compile time of a gemma2-9b-shaped forward and sampler next to the tiny one, showing that
+scanning the layers keeps compile time flat in depth. These are CPU figures for a tiny model.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxagent.model import GemmaConfig, forward, generate, init_params, load_hf, save_hf
+from jaxagent.model.gemma import param_shapes
+
+PROMPT, NEW = 64, 64
+# In one process with XLA's thread pool, torch's spinning OpenMP workers can slow HF generate by 10-40x.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _make_checkpoint(path: str) -> bool:
+    """Write the tiny checkpoint with HF (torch.manual_seed(0), default init); without torch, with our init."""
+    cfg = GemmaConfig.preset("tiny")
+    if importlib.util.find_spec("torch") is None:
+        save_hf(init_params(cfg, jax.random.key(0)), cfg, path)
+        return False
+    import torch
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    hf = cfg.to_hf_config()
+    hf.pop("architectures"), hf.pop("model_type")
+    Gemma2ForCausalLM(Gemma2Config(**hf, attn_implementation="eager")).save_pretrained(path)
+    return True
+
+
+def _floor_step(params, cfg: GemmaConfig, batch: int, repeats: int) -> float:
+    """Seconds per decode step of the weight matmuls alone (no attention, norms or sampling)."""
+    layers = params["layers"]
+    mats = (layers["q"].reshape(cfg.num_layers, cfg.d_model, -1), layers["k"].reshape(cfg.num_layers, cfg.d_model, -1),
+            layers["v"].reshape(cfg.num_layers, cfg.d_model, -1), layers["o"].reshape(cfg.num_layers, -1, cfg.d_model),
+            layers["gate"], layers["up"], layers["down"])
+
+    @jax.jit
+    def steps(mats, embed, x):
+        def step(_, x):
+            def layer(x, m):
+                q, k, v, o, gate, up, down = m
+                a = (x @ q)[:, :o.shape[0]] + (x @ k).mean(-1, keepdims=True) + (x @ v).mean(-1, keepdims=True)
+                x = x + a @ o
+                return x + ((x @ gate) * (x @ up)) @ down, None
+            x, _ = jax.lax.scan(layer, x, mats)
+            return x + 1e-3 * (x @ embed.T)[:, :x.shape[1]]
+        return jax.lax.fori_loop(0, NEW, step, x)
+
+    x = jnp.ones((batch, cfg.d_model), params["embed"].dtype)
+    jax.block_until_ready(steps(mats, params["embed"], x))
+    return _median_time(lambda: jax.block_until_ready(steps(mats, params["embed"], x)), repeats) / NEW
+
+
+def _ours(params, cfg, prompts, repeats):
+    args = (params, cfg, jnp.asarray(prompts), jnp.full((len(prompts),), PROMPT, jnp.int32), jax.random.key(0))
+    kw = dict(max_len=PROMPT + NEW, max_new_tokens=NEW)
+    t = time.perf_counter()
+    jax.block_until_ready(generate(*args, **kw))
+    first = time.perf_counter() - t
+    seconds = _median_time(lambda: jax.block_until_ready(generate(*args, **kw)), repeats)
+    return seconds, first, np.asarray(generate(*args, **kw)[1])
+
+
+def _hf(path, prompts, repeats):
+    import torch
+    from transformers import Gemma2ForCausalLM
+
+    model = Gemma2ForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+    ids = torch.as_tensor(prompts, dtype=torch.long)
+
+    def call():
+        with torch.inference_mode():
+            return model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=NEW,
+                                  min_new_tokens=NEW, eos_token_id=None, pad_token_id=0)
+    t = time.perf_counter()
+    out = call()
+    first = time.perf_counter() - t
+    return _median_time(call, repeats), first, out[:, PROMPT:].numpy()
+
+
+class _IdTokenizer:
+    """tunix's sampler takes strings: space-separated ids stand for themselves, with no BOS."""
+
+    def encode(self, text, **_):
+        return [int(t) for t in text.split()]
+
+    def decode(self, ids, **_):
+        return " ".join(str(int(i)) for i in ids)
+
+    def bos_id(self):
+        return 0
+
+    def eos_id(self):
+        return -1
+
+    def pad_id(self):
+        return 0
+
+
+def _tunix(path, prompts, repeats):
+    from tunix.generate import sampler as tunix_sampler
+    from tunix.models.gemma import model as tunix_model
+    from tunix.models.gemma import params_safetensors
+
+    cfg = GemmaConfig.preset("tiny")
+    local, glob = tunix_model.AttentionType.LOCAL_SLIDING, tunix_model.AttentionType.GLOBAL
+    model_cfg = tunix_model.ModelConfig(
+        num_layers=cfg.num_layers, num_embed=cfg.vocab_size, embed_dim=cfg.d_model, hidden_dim=cfg.ffw_dim,
+        num_heads=cfg.num_heads, head_dim=cfg.head_dim, num_kv_heads=cfg.num_kv_heads,
+        final_logit_softcap=cfg.final_logit_softcap, use_post_attn_norm=True, use_post_ffw_norm=True,
+        attention_types=(local, glob) * (cfg.num_layers // 2), attn_logits_soft_cap=cfg.attn_logit_softcap,
+        sliding_window_size=cfg.sliding_window)
+    model = params_safetensors.create_model_from_safe_tensors(path, model_cfg)
+    sampler = tunix_sampler.Sampler(model, _IdTokenizer(), tunix_sampler.CacheConfig(
+        cache_size=PROMPT + NEW, num_layers=cfg.num_layers, num_kv_heads=cfg.num_kv_heads, head_dim=cfg.head_dim))
+    texts = [" ".join(map(str, row)) for row in prompts]
+
+    def call():
+        return sampler(texts, max_generation_steps=NEW, max_prompt_length=PROMPT, temperature=0.0,
+                       eos_tokens=[-1], echo=False)
+    t = time.perf_counter()
+    out = call()
+    first = time.perf_counter() - t
+    return _median_time(call, repeats), first, np.array([list(map(int, t.split())) for t in out.text])
+
+
+def _compile_seconds(cfg: GemmaConfig, batch: int = 8) -> dict:
+    """AOT lower + compile time of the forward and of the sampler, from shapes only (no weights allocated)."""
+    params = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, jnp.bfloat16), param_shapes(cfg),
+                          is_leaf=lambda s: isinstance(s, tuple))
+    tokens = jax.ShapeDtypeStruct((batch, PROMPT), jnp.int32)
+    lengths = jax.ShapeDtypeStruct((batch,), jnp.int32)
+    out = {}
+    t = time.perf_counter()
+    jax.jit(forward, static_argnums=1).lower(params, cfg, tokens, tokens).compile()
+    out["forward_s"] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
+    generate.lower(params, cfg, tokens, lengths, jax.random.key(0), max_len=PROMPT + NEW, max_new_tokens=NEW).compile()
+    out["sampler_s"] = round(time.perf_counter() - t, 2)
+    return out
+
+
+def run(quick: bool = False) -> dict:
+    batches, repeats = ((8,), 3) if quick else ((8, 64), 7)
+    have_tunix = importlib.util.find_spec("tunix") is not None
+    if not have_tunix:
+        print("tunix column skipped: google-tunix is not installed (pip install --no-deps google-tunix einops "
+              "jaxtyping wadler_lindig google-metrax clu wrapt perfetto)")
+    result = {}
+    with tempfile.TemporaryDirectory() as path:
+        have_hf = _make_checkpoint(path)
+        if not have_hf:
+            print("HF column skipped: torch is not installed")
+        cfg, params = load_hf(path)
+        for batch in batches:
+            prompts = np.random.default_rng(123 + batch).integers(3, cfg.vocab_size, size=(batch, PROMPT))
+            seconds, first, tokens = _ours(params, cfg, prompts, repeats)
+            floor = _floor_step(params, cfg, batch, repeats)
+            row = {"ours_tokens_per_s": round(batch * NEW / seconds), "compile_s": round(first - seconds, 2),
+                   "ours_ms_per_token_step": round(1e3 * seconds / NEW, 3),
+                   "floor_ms_per_step": round(1e3 * floor, 3), "fraction_of_floor": round(floor * NEW / seconds, 2)}
+            for name, fn, ok in (("hf", _hf, have_hf), ("tunix", _tunix, have_tunix)):
+                if not ok:
+                    row[f"{name}_tokens_per_s"] = row[f"ratio_{name}"] = None
+                    continue
+                peer_seconds, peer_first, peer_tokens = fn(path, prompts, repeats)
+                row[f"{name}_tokens_per_s"] = round(batch * NEW / peer_seconds)
+                row[f"ratio_{name}"] = round(peer_seconds / seconds, 2)
+                row[f"{name}_first_call_s"] = round(peer_first, 2)
+                row[f"{name}_tokens_match"] = bool((peer_tokens == tokens).all())
+            result[f"batch_{batch}"] = row
+            print(f"batch {batch}: " + ", ".join(f"{k}={v}" for k, v in row.items()))
+    tiny = _compile_seconds(GemmaConfig.preset("tiny"))
+    result["compile"] = {"tiny": tiny}
+    if not quick:
+        result["compile"]["gemma2-9b"] = _compile_seconds(GemmaConfig.preset("gemma2-9b"))
+    print("AOT compile seconds (bf16, batch 8, prompt 64, 64 new tokens):", result["compile"])
+    result["note"] = "CPU, tiny 4.46M-parameter model; medians of repeated calls in one process"
+    return result

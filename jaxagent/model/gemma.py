@@ -1,0 +1,232 @@
+"""Gemma 2 as pure functions of a parameter pytree, with the layers stacked and scanned in local/global pairs.
+
+Parameters (``L`` layers, all layer tensors stacked on a leading ``L`` axis)::
+
+    embed [V, D]                  tied input/output embedding
+    final_norm [D]
+    layers/attn_norm, post_attn_norm, ffw_norm, post_ffw_norm [L, D]     RMSNorm weights, used as (1 + w)
+    layers/q [L, D, H, hd]   layers/k, layers/v [L, D, K, hd]   layers/o [L, H, hd, D]
+    layers/gate, layers/up [L, D, F]   layers/down [L, F, D]
+    value_head/w [D], value_head/b []   (optional) scalar value of the last hidden state
+
+Layer ``2i`` uses the sliding window, layer ``2i + 1`` attends globally, as in every Gemma 2 size.
+The KV cache is full length (slot ``s`` holds position ``s``), so windows are a mask and a row can be rewound.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from jaxagent.model.config import GemmaConfig
+
+NEG_INF = -2.0 ** 30
+
+
+@struct.dataclass
+class KVCache:
+    """Keys/values of every layer, ``[L, B, K, S, hd]``; row ``b`` holds positions ``0 .. end[b] - 1``."""
+    k: jax.Array
+    v: jax.Array
+    end: jax.Array  # i32[B]
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+
+def init_cache(cfg: GemmaConfig, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
+    shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.zeros((batch,), jnp.int32))
+
+
+def param_shapes(cfg: GemmaConfig, value_head: bool = False) -> dict:
+    L, D, F, H, K, hd = cfg.num_layers, cfg.d_model, cfg.ffw_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    layers = {"attn_norm": (L, D), "q": (L, D, H, hd), "k": (L, D, K, hd), "v": (L, D, K, hd), "o": (L, H, hd, D),
+              "post_attn_norm": (L, D), "ffw_norm": (L, D), "gate": (L, D, F), "up": (L, D, F), "down": (L, F, D),
+              "post_ffw_norm": (L, D)}
+    shapes = {"embed": (cfg.vocab_size, D), "final_norm": (D,), "layers": layers}
+    if value_head:
+        shapes["value_head"] = {"w": (D,), "b": ()}
+    return shapes
+
+
+def init_params(cfg: GemmaConfig, key: jax.Array, dtype=jnp.float32, *, std: float = 0.02,
+                value_head: bool = False) -> dict:
+    """Random weights: N(0, std) matrices and embedding, zero norms (i.e. unit scale) and a zero value head."""
+    shapes = param_shapes(cfg, value_head)
+    leaves, treedef = jax.tree.flatten(shapes, is_leaf=lambda s: isinstance(s, tuple))
+    keys = jax.random.split(key, len(leaves))
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(
+        shapes, is_leaf=lambda s: isinstance(s, tuple))[0]]
+    out = []
+    for path, shape, k in zip(paths, leaves, keys):
+        if "norm" in path or "value_head" in path:
+            out.append(jnp.zeros(shape, dtype))
+        else:
+            out.append((std * jax.random.normal(k, shape, jnp.float32)).astype(dtype))
+    return jax.tree.unflatten(treedef, out)
+
+
+def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (y * (1.0 + w.astype(jnp.float32))).astype(x.dtype)
+
+
+def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotary embedding of ``x[B, T, N, hd]`` (halves rotated, as in Gemma and HF)."""
+    half = x.shape[-1] // 2
+    inv_freq = 1.0 / theta ** (jnp.arange(half, dtype=jnp.float32) * 2 / x.shape[-1])
+    angles = positions.astype(jnp.float32)[:, :, None, None] * inv_freq
+    sin, cos = jnp.sin(angles).astype(x.dtype), jnp.cos(angles).astype(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def _softcap(x: jax.Array, cap: float | None) -> jax.Array:
+    return x if cap is None else jnp.tanh(x / cap) * cap
+
+
+def _qk(q, k):
+    """Scores ``[B, K, G, T, S]`` of queries ``[B, T, K, G, hd]`` against stored keys ``[B, K, S, hd]``."""
+    if q.shape[1] == 1:  # decoding: a fused multiply-reduce streams the keys once, cheaper than tiny batched dots
+        prod = q[:, 0, :, :, None, :].astype(jnp.float32) * k[:, :, None, :, :].astype(jnp.float32)
+        return jnp.sum(prod, axis=-1)[:, :, :, None, :]
+    return jnp.einsum("btkgh,bksh->bkgts", q, k, preferred_element_type=jnp.float32)
+
+
+def _pv(p, v):
+    """Attention output ``[B, T, K, G, hd]`` of probabilities ``[B, K, G, T, S]`` over stored values ``[B, K, S, hd]``."""
+    if p.shape[3] == 1:
+        prod = p[:, :, :, 0, :, None].astype(jnp.float32) * v[:, :, None, :, :].astype(jnp.float32)
+        return jnp.sum(prod, axis=3)[:, None].astype(v.dtype)
+    return jnp.einsum("bkgts,bksh->btkgh", p, v)
+
+
+def _attention(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None):
+    """Attention of the chunk ``x[B, T, D]`` over stored key/value ``blocks`` and over the chunk itself.
+
+    Each block is ``(k [B, K, S, hd], v, key_positions [B, S], valid [B, S])``; all blocks and the chunk are
+    parts of one softmax, so stored keys/values are only read. Returns the output and the chunk's keys/values
+    ``[B, T, K, hd]`` for the caller to store.
+    """
+    B, T, _ = x.shape
+    K, G = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
+    q = rope(jnp.einsum("btd,dnh->btnh", x, p["q"]), positions, cfg.rope_theta)
+    k = rope(jnp.einsum("btd,dkh->btkh", x, p["k"]), positions, cfg.rope_theta)
+    v = jnp.einsum("btd,dkh->btkh", x, p["v"])
+    q = (q * jnp.asarray(cfg.query_scale, q.dtype)).reshape(B, T, K, G, cfg.head_dim)
+    qpos = positions[:, None, None, :, None]
+
+    def masked(scores, key_positions, valid=None, allowed=None):
+        kpos = key_positions[:, None, None, None, :]
+        ok = kpos <= qpos if allowed is None else allowed[:, None, None, :, :]
+        if valid is not None:
+            ok &= valid[:, None, None, None, :]
+        if window is not None:
+            ok &= qpos - kpos < window
+        return jnp.where(ok, _softcap(scores, cfg.attn_logit_softcap), NEG_INF)
+
+    # One softmax over all blocks, without concatenating them: shared max, per-block exp and sums.
+    scores = [masked(_qk(q, bk), kp, ok) for bk, _, kp, ok in blocks]
+    values = [bv for _, bv, _, _ in blocks]
+    scores.append(masked(jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32), positions,
+                         allowed=self_mask))
+    top = functools.reduce(jnp.maximum, [jnp.max(s, axis=-1, keepdims=True) for s in scores])
+    weights = [jnp.exp(s - top) for s in scores]
+    total = sum(jnp.sum(w, axis=-1, keepdims=True) for w in weights)
+    out = jnp.einsum("bkgts,bskh->btkgh", (weights[-1] / total).astype(x.dtype), v)
+    for w, bv in zip(weights, values):
+        out = out + _pv((w / total).astype(x.dtype), bv)
+    out = out.reshape(B, T, cfg.num_heads, cfg.head_dim)
+    return jnp.einsum("btnh,nhd->btd", out, p["o"]), k, v
+
+
+def _layer(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None):
+    eps = cfg.rms_norm_eps
+    h, k, v = _attention(p, cfg, rms_norm(x, p["attn_norm"], eps), positions, blocks, window, self_mask)
+    x = x + rms_norm(h, p["post_attn_norm"], eps)
+    h = rms_norm(x, p["ffw_norm"], eps)
+    h = jax.nn.gelu(h @ p["gate"], approximate=True) * (h @ p["up"])
+    return x + rms_norm(h @ p["down"], p["post_ffw_norm"], eps), k, v
+
+
+def _pairs(a: jax.Array) -> jax.Array:
+    return a.reshape(a.shape[0] // 2, 2, *a.shape[1:])
+
+
+def transformer(params, cfg: GemmaConfig, tokens, positions, blocks=(), self_mask=None):
+    """Final-normed hidden states ``[B, T, D]`` and the chunk's keys/values ``[L, B, T, K, hd]``.
+
+    ``blocks``: stored keys/values the chunk attends to besides itself, each
+    ``(k [L, B, K, S, hd], v, key_positions [B, S], valid [B, S])``. Within the chunk, token ``t`` attends to
+    token ``s`` when ``positions[s] <= positions[t]``, or, if given, where ``self_mask[b, t, s]`` (bool
+    ``[B, T, T]``, e.g. several episodes packed in one row); the sliding window applies to positions either way.
+    """
+    embed = params["embed"]
+    x = embed[tokens] * jnp.asarray(math.sqrt(cfg.d_model), embed.dtype)
+    layers = jax.tree.map(_pairs, params["layers"])
+
+    def pair_step(x, xs):
+        p, kvs = xs
+        new_kv = []
+        for j, window in enumerate((cfg.sliding_window, None)):
+            pj = jax.tree.map(lambda a: a[j], p)
+            layer_blocks = [(bk[j], bv[j], kp, ok) for (bk, bv), (_, _, kp, ok) in zip(kvs, blocks)]
+            x, k, v = _layer(pj, cfg, x, positions, layer_blocks, window, self_mask)
+            new_kv.append((k, v))
+        return x, jax.tree.map(lambda *a: jnp.stack(a), *new_kv)
+
+    kv_xs = [(_pairs(bk), _pairs(bv)) for bk, bv, _, _ in blocks]
+    x, (new_k, new_v) = jax.lax.scan(pair_step, x, (layers, kv_xs))
+    x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
+    return x, new_k.reshape(-1, *new_k.shape[2:]), new_v.reshape(-1, *new_v.shape[2:])
+
+
+def cache_block(cache: KVCache, end: jax.Array | None = None):
+    """The cache as an attention block: slots ``< end`` (default ``cache.end``) are valid."""
+    end = cache.end if end is None else end
+    slots = jnp.broadcast_to(jnp.arange(cache.max_len, dtype=jnp.int32), (end.shape[0], cache.max_len))
+    return cache.k, cache.v, slots, slots < end[:, None]
+
+
+def hidden_states(params, cfg: GemmaConfig, tokens, positions, cache: KVCache | None = None):
+    """Final-normed hidden states ``[B, T, D]`` and the cache with the chunk's keys/values written at ``positions``.
+
+    With a cache, the chunk attends to slots ``< cache.end`` and to itself; ``cache.end`` is left unchanged
+    (``sampler.append`` advances it). Slots at or past ``max_len`` are dropped.
+    """
+    h, k, v = transformer(params, cfg, tokens, positions, () if cache is None else (cache_block(cache),))
+    return h, None if cache is None else write_kv(cache, k, v, positions)
+
+
+def write_kv(cache: KVCache, k: jax.Array, v: jax.Array, positions: jax.Array) -> KVCache:
+    """Store ``k, v [L, B, T, K, hd]`` at slots ``positions [B, T]`` of every layer."""
+    rows = jnp.broadcast_to(jnp.arange(positions.shape[0])[:, None], positions.shape)
+    # Advanced indices split by a slice put their [B, T] dims first: values are [B, T, L, K, hd].
+    k = jnp.moveaxis(k, 0, 2).astype(cache.k.dtype)
+    v = jnp.moveaxis(v, 0, 2).astype(cache.v.dtype)
+    return cache.replace(k=cache.k.at[:, rows, :, positions].set(k, mode="drop"),
+                         v=cache.v.at[:, rows, :, positions].set(v, mode="drop"))
+
+
+def unembed(params, cfg: GemmaConfig, h: jax.Array) -> jax.Array:
+    """Logits (float32, final soft-cap applied) of final hidden states ``h[..., D]``."""
+    logits = jnp.einsum("...d,vd->...v", h, params["embed"], preferred_element_type=jnp.float32)
+    return _softcap(logits, cfg.final_logit_softcap)
+
+
+def value(params, h: jax.Array) -> jax.Array:
+    """Scalar value head on final hidden states ``h[..., D]`` (float32)."""
+    vh = params["value_head"]
+    return jnp.einsum("...d,d->...", h.astype(jnp.float32), vh["w"].astype(jnp.float32)) + vh["b"]
+
+
+def forward(params, cfg: GemmaConfig, tokens, positions, cache: KVCache | None = None):
+    """``(logits[B, T, V] float32, cache)``; without a cache, attention is causal by ``positions`` within ``tokens``."""
+    h, cache = hidden_states(params, cfg, tokens, positions, cache)
+    return unembed(params, cfg, h), cache

@@ -1,0 +1,157 @@
+"""Multi-turn sampling over a full-length KV cache: ``append`` (ragged prefill), ``rewind``, ``sample``, ``score``.
+
+All functions are pure and jittable, so an agent episode can be one ``lax.scan`` over env steps that calls them.
+
+Log-probs: ``sample`` returns, for each generated token, its log-prob under the tempered policy
+``log_softmax(logits / temperature)`` over the full vocabulary (temperature 0, i.e. greedy, counts as 1).
+Top-k / top-p only choose which tokens may be drawn; they are not renormalised into the log-probs, so the
+policy is smooth in the parameters and ``score`` with the same temperature returns the same numbers.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from jaxagent.model.config import GemmaConfig
+from jaxagent.model.gemma import KVCache, cache_block, hidden_states, init_cache, transformer, unembed, value, write_kv
+
+
+def _last(params, cfg: GemmaConfig, h: jax.Array, lengths: jax.Array) -> jax.Array:
+    last = jnp.take_along_axis(h, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]
+    return unembed(params, cfg, last)
+
+
+def append(params, cfg: GemmaConfig, cache: KVCache, tokens: jax.Array, lengths: jax.Array):
+    """Prefill ``tokens[b, :lengths[b]]`` after each row's end: ``(cache, last_logits[B, V])``.
+
+    ``last_logits[b]`` are the logits at row ``b``'s last appended token (undefined where ``lengths[b] == 0``).
+    """
+    lengths = lengths.astype(jnp.int32)
+    positions = cache.end[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
+    h, cache = hidden_states(params, cfg, tokens, positions, cache)
+    return cache.replace(end=jnp.minimum(cache.end + lengths, cache.max_len)), _last(params, cfg, h, lengths)
+
+
+def prefill(params, cfg: GemmaConfig, tokens: jax.Array, lengths: jax.Array, max_len: int, dtype=None):
+    """``append`` to a fresh cache of ``max_len`` slots, without reading the (empty) cache."""
+    lengths = lengths.astype(jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+    h, k, v = transformer(params, cfg, tokens, positions)
+    cache = init_cache(cfg, tokens.shape[0], max_len, dtype or params["embed"].dtype)
+    cache = write_kv(cache, k, v, positions)
+    return cache.replace(end=jnp.minimum(lengths, max_len)), _last(params, cfg, h, lengths)
+
+
+def rewind(cache: KVCache, positions: jax.Array) -> KVCache:
+    """Set each row's end back to ``positions[b]`` (never forward); later slots are ignored and overwritten."""
+    return cache.replace(end=jnp.clip(positions.astype(jnp.int32), 0, cache.end))
+
+
+def _filter(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
+    """Mask all but the top-k logits, then all but the nucleus of the renormalised rest (HF's order)."""
+    if top_k:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
+        # Keep the smallest prefix whose mass reaches top_p (always at least the most likely token).
+        n_keep = jnp.sum(cum - jax.nn.softmax(sorted_logits, axis=-1) < top_p, axis=-1, keepdims=True)
+        cutoff = jnp.take_along_axis(sorted_logits, jnp.maximum(n_keep - 1, 0), axis=-1)
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return logits
+
+
+def token_logprobs(logits: jax.Array, tokens: jax.Array, temperature: float) -> jax.Array:
+    """``log_softmax(logits / temperature)[tokens]`` in float32; temperature 0 (greedy) counts as 1."""
+    t = temperature if temperature > 0 else 1.0
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32) / t, axis=-1)
+    return jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+
+
+def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key: jax.Array, *,
+           max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+           stop_tokens: Sequence[int] = (), history_len: int | None = None):
+    """Decode up to ``max_new_tokens`` per row: ``(cache, tokens[B, G], logprobs[B, G], lengths[B])``.
+
+    A row stops after emitting a stop token (which is kept and counted); its later tokens are ``pad_id`` with
+    log-prob 0. Every generated token is written into the cache and ``cache.end`` advances by ``lengths``.
+    The loop exits early once every row has stopped. ``temperature == 0`` is greedy.
+    ``history_len`` (static): a bound on every row's ``cache.end``; decoding then reads only that many slots.
+    """
+    B, G = last_logits.shape[0], max_new_tokens
+    stops = jnp.asarray(tuple(stop_tokens) or (-1,), jnp.int32)
+    # New tokens go to a small buffer at a shared slot per step (an in-place update, no per-row scatter);
+    # the cache is only read while decoding and receives the buffer once at the end.
+    start = cache.end
+    gen_shape = (cfg.num_layers, B, cfg.num_kv_heads, G, cfg.head_dim)
+    gen_positions = start[:, None] + jnp.arange(G, dtype=jnp.int32)[None, :]
+    history = cache_block(cache)
+    if history_len is not None and history_len < cache.max_len:
+        history = tuple(a[..., :history_len, :] if a.ndim == 5 else a[:, :history_len] for a in history)
+
+    def body(state):
+        i, gen_k, gen_v, logits, key, toks, logps, lengths, done = state
+        key, sub = jax.random.split(key)
+        if temperature > 0:
+            tok = jax.random.categorical(sub, _filter(logits / temperature, top_k, top_p), axis=-1)
+        else:
+            tok = jnp.argmax(logits, axis=-1)
+        tok = jnp.where(done, cfg.pad_id, tok).astype(jnp.int32)
+        lp = jnp.where(done, 0.0, token_logprobs(logits, tok, temperature))
+        written = jnp.broadcast_to(jnp.arange(G) < i, (B, G))
+        h, k, v = transformer(params, cfg, tok[:, None], (start + i)[:, None],
+                              (history, (gen_k, gen_v, gen_positions, written)))
+        gen_k = jax.lax.dynamic_update_slice(gen_k, jnp.swapaxes(k, 2, 3).astype(gen_k.dtype), (0, 0, 0, i, 0))
+        gen_v = jax.lax.dynamic_update_slice(gen_v, jnp.swapaxes(v, 2, 3).astype(gen_v.dtype), (0, 0, 0, i, 0))
+        toks = jax.lax.dynamic_update_slice(toks, tok[:, None], (0, i))
+        logps = jax.lax.dynamic_update_slice(logps, lp[:, None], (0, i))
+        active = ~done
+        done = done | (active & jnp.isin(tok, stops))
+        return (i + 1, gen_k, gen_v, unembed(params, cfg, h[:, 0]), key, toks, logps, lengths + active, done)
+
+    def cond(state):
+        return (state[0] < G) & ~jnp.all(state[-1])
+
+    state = (jnp.int32(0), jnp.zeros(gen_shape, cache.k.dtype), jnp.zeros(gen_shape, cache.v.dtype),
+             last_logits.astype(jnp.float32), key, jnp.full((B, G), cfg.pad_id, jnp.int32),
+             jnp.zeros((B, G), jnp.float32), jnp.zeros((B,), jnp.int32), jnp.zeros((B,), bool))
+    _, gen_k, gen_v, _, _, toks, logps, lengths, _ = jax.lax.while_loop(cond, body, state)
+    cache = write_kv(cache, jnp.swapaxes(gen_k, 2, 3), jnp.swapaxes(gen_v, 2, 3), gen_positions)
+    return cache.replace(end=jnp.minimum(start + lengths, cache.max_len)), toks, logps, lengths
+
+
+def score(params, cfg: GemmaConfig, tokens: jax.Array, *, temperature: float = 1.0, positions=None,
+          with_values: bool = False):
+    """Log-probs of ``tokens[:, t]`` given ``tokens[:, :t]``, as ``[B, T]`` float32 with column 0 set to 0.
+
+    Differentiable in ``params``. With ``with_values``, also the value head on every position's hidden state.
+    """
+    B, T = tokens.shape
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    h, _ = hidden_states(params, cfg, tokens, positions)
+    logits = unembed(params, cfg, h[:, :-1])
+    logp = jnp.concatenate([jnp.zeros((B, 1), jnp.float32),
+                            token_logprobs(logits, tokens[:, 1:], temperature)], axis=1)
+    return (logp, value(params, h)) if with_values else logp
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "max_len", "max_new_tokens", "temperature", "top_k", "top_p",
+                                             "stop_tokens"))
+def generate(params, cfg: GemmaConfig, prompts: jax.Array, prompt_lengths: jax.Array, key: jax.Array, *,
+             max_len: int, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+             stop_tokens: tuple[int, ...] = ()):
+    """One jitted call: fresh cache, prefill of right-padded ``prompts``, then ``sample``."""
+    cache, logits = prefill(params, cfg, prompts, prompt_lengths, max_len)
+    return sample(params, cfg, cache, logits, key, max_new_tokens=max_new_tokens, temperature=temperature,
+                  top_k=top_k, top_p=top_p, stop_tokens=stop_tokens, history_len=prompts.shape[1])
+
+
+append_jit = jax.jit(append, static_argnames=("cfg",), donate_argnames=("cache",))
+sample_jit = jax.jit(sample, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "top_p",
+                                              "stop_tokens", "history_len"), donate_argnames=("cache",))
+score_jit = jax.jit(score, static_argnames=("cfg", "temperature", "with_values"))

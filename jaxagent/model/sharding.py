@@ -1,0 +1,73 @@
+"""Partition rules for a ``Mesh`` with axes ("data", "fsdp", "tensor"): parameters by name, KV cache, batches.
+
+Matrices split their d_model side over "fsdp" and their heads / hidden units / vocabulary over "tensor";
+the stacked layer axis and the norms stay whole. Batches (and the cache's batch axis) split over
+("data", "fsdp"). An axis that does not divide a dimension is left out for that tensor, so any mesh works.
+"""
+from __future__ import annotations
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxagent.model.gemma import KVCache
+
+AXES = ("data", "fsdp", "tensor")
+BATCH = ("data", "fsdp")
+RULES = {
+    "embed": ("tensor", "fsdp"),
+    "q": (None, "fsdp", "tensor", None), "k": (None, "fsdp", "tensor", None), "v": (None, "fsdp", "tensor", None),
+    "o": (None, "tensor", None, "fsdp"),
+    "gate": (None, "fsdp", "tensor"), "up": (None, "fsdp", "tensor"), "down": (None, "tensor", "fsdp"),
+}
+
+
+def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
+    import numpy as np
+
+    devices = jax.devices() if devices is None else devices
+    n = data * fsdp * tensor
+    if n > len(devices):
+        raise ValueError(f"mesh ({data}, {fsdp}, {tensor}) needs {n} devices, {len(devices)} available")
+    return Mesh(np.array(devices[:n]).reshape(data, fsdp, tensor), AXES)
+
+
+def _fit(spec: tuple, shape: tuple, mesh: Mesh | None) -> P:
+    if mesh is None:
+        return P(*spec)
+    out = []
+    for axes, dim in zip(spec, shape):
+        names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+        size = 1
+        for a in names:
+            size *= mesh.shape[a]
+        out.append(axes if names and dim % size == 0 else None)
+    return P(*out)
+
+
+def param_partition_specs(params, mesh: Mesh | None = None):
+    """A ``PartitionSpec`` per parameter (arrays or ShapeDtypeStructs); with ``mesh``, fitted to its sizes."""
+    def spec(path, leaf):
+        name = getattr(path[-1], "key", None)
+        return _fit(RULES.get(name, (None,) * len(leaf.shape)), leaf.shape, mesh)
+    return jax.tree_util.tree_map_with_path(spec, params)
+
+
+def param_shardings(mesh: Mesh, params):
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), param_partition_specs(params, mesh))
+
+
+def cache_partition_spec(cache: KVCache | None = None, mesh: Mesh | None = None) -> KVCache:
+    """Specs for a ``KVCache``: batch over ("data", "fsdp"), kv heads over "tensor"."""
+    kv = (None, BATCH, "tensor", None, None)
+    if cache is None:
+        return KVCache(P(*kv), P(*kv), P(BATCH))
+    return KVCache(_fit(kv, cache.k.shape, mesh), _fit(kv, cache.v.shape, mesh), _fit((BATCH,), cache.end.shape, mesh))
+
+
+def cache_shardings(mesh: Mesh, cache: KVCache) -> KVCache:
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), cache_partition_spec(cache, mesh))
+
+
+def batch_sharding(mesh: Mesh, shape: tuple) -> NamedSharding:
+    """Sharding of a per-example array (tokens, lengths, keys...): leading axis over ("data", "fsdp")."""
+    return NamedSharding(mesh, _fit((BATCH,) + (None,) * (len(shape) - 1), shape, mesh))

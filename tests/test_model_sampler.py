@@ -1,0 +1,213 @@
+"""Multi-turn sampler: append/rewind equals re-prefilling, log-probs equal the scoring path, stops, sampling."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fixtures.make_gemma2_fixture import FIXTURE_DIR
+from jaxagent.model import append, forward, init_cache, load_hf, rewind, sample, score
+from jaxagent.model.sampler import append_jit, sample_jit, score_jit
+
+G = 4
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_hf(FIXTURE_DIR)
+
+
+def _reference_greedy(params, cfg, contexts, steps, pad_to):
+    """Greedy continuation by full causal forwards without a cache (one right-padded batch per step)."""
+    fwd = jax.jit(lambda t: forward(params, cfg, t, jnp.broadcast_to(jnp.arange(pad_to), t.shape))[0])
+    seqs = [list(c) for c in contexts]
+    new_tokens, new_logps = [[] for _ in seqs], [[] for _ in seqs]
+    for _ in range(steps):
+        batch = np.zeros((len(seqs), pad_to), np.int32)
+        for b, s in enumerate(seqs):
+            batch[b, :len(s)] = s
+        logits = np.asarray(fwd(jnp.asarray(batch)), np.float64)
+        for b, s in enumerate(seqs):
+            row = logits[b, len(s) - 1]
+            tok = int(row.argmax())
+            logp = row - row.max() - np.log(np.exp(row - row.max()).sum())
+            new_tokens[b].append(tok)
+            new_logps[b].append(logp[tok])
+            s.append(tok)
+    return np.array(new_tokens), np.array(new_logps)
+
+
+def _ragged(rng, lengths, vocab, width=None):
+    toks = np.zeros((len(lengths), width or max(lengths.max(), 1)), np.int32)
+    for b, n in enumerate(lengths):
+        toks[b, :n] = rng.integers(3, vocab, size=n)
+    return toks
+
+
+def test_twenty_turn_episode_with_rewinds_equals_reprefill(model):
+    cfg, params = model
+    rng = np.random.default_rng(0)
+    B, turns, max_len = 3, 20, 160
+    prefix = _ragged(rng, np.array([5, 2, 7]), cfg.vocab_size)
+    cache = init_cache(cfg, B, max_len)
+    cache, _ = append_jit(params, cfg, cache, jnp.asarray(prefix), jnp.asarray([5, 2, 7]))
+    history = [list(prefix[b, :n]) for b, n in enumerate([5, 2, 7])]
+    end_of_history = np.asarray(cache.end)  # the jitted calls donate the cache
+    got_tokens, got_logps, contexts = [], [], []
+    for t in range(turns):
+        hist_len = rng.integers(0 if t == 0 else 1, 5, size=B)
+        tail_len = rng.integers(1, 6, size=B)
+        line, tail = _ragged(rng, hist_len, cfg.vocab_size, 5), _ragged(rng, tail_len, cfg.vocab_size, 5)
+        cache = rewind(cache, jnp.asarray(end_of_history))
+        cache, _ = append_jit(params, cfg, cache, jnp.asarray(line), jnp.asarray(hist_len))
+        end_of_history = np.asarray(cache.end)
+        cache, logits = append_jit(params, cfg, cache, jnp.asarray(tail), jnp.asarray(tail_len))
+        cache, toks, logps, lengths = sample_jit(params, cfg, cache, logits, jax.random.key(t), max_new_tokens=G)
+        np.testing.assert_array_equal(np.asarray(lengths), G)
+        np.testing.assert_array_equal(np.asarray(cache.end), np.asarray(end_of_history) + tail_len + G)
+        for b in range(B):
+            history[b] += list(line[b, :hist_len[b]])
+        contexts.append([history[b] + list(tail[b, :tail_len[b]]) for b in range(B)])
+        got_tokens.append(np.asarray(toks))
+        got_logps.append(np.asarray(logps))
+    assert max(len(c) for c in contexts[-1]) > 4 * cfg.sliding_window
+    pad_to = max(len(c) for turn in contexts for c in turn) + G
+    for t in range(turns):
+        want_tokens, want_logps = _reference_greedy(params, cfg, contexts[t], G, pad_to)
+        np.testing.assert_array_equal(got_tokens[t], want_tokens, err_msg=f"turn {t}")
+        np.testing.assert_allclose(got_logps[t], want_logps, atol=2e-4, err_msg=f"turn {t}")
+
+
+def _prompt_and_sample(params, cfg, prompt_lengths, temperature=0.0, **kw):
+    rng = np.random.default_rng(1)
+    prompts = _ragged(rng, np.asarray(prompt_lengths), cfg.vocab_size)
+    B, P = prompts.shape
+    cache = init_cache(cfg, B, P + kw.get("max_new_tokens", 12), params["embed"].dtype)
+    cache, logits = append(params, cfg, cache, jnp.asarray(prompts), jnp.asarray(prompt_lengths))
+    kw.setdefault("max_new_tokens", 12)
+    out = jax.jit(lambda c, l, k: sample(params, cfg, c, l, k, temperature=temperature, **kw))(
+        cache, logits, jax.random.key(3))
+    return prompts, out
+
+
+def _score_continuations(params, cfg, prompts, lengths, toks, temperature):
+    """Scoring-path log-probs of each row's sampled tokens, one right-padded batch."""
+    G = toks.shape[1]
+    seqs = np.zeros((len(lengths), prompts.shape[1] + G), np.int32)
+    for b, p in enumerate(lengths):
+        seqs[b, :p + G] = np.concatenate([prompts[b, :p], toks[b]])
+    scored = np.asarray(score_jit(params, cfg, jnp.asarray(seqs), temperature=temperature))
+    return np.stack([scored[b, p:p + G] for b, p in enumerate(lengths)])
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_sampler_logprobs_equal_scoring_path(model, temperature):
+    cfg, params = model
+    lengths = [6, 3, 9]
+    prompts, (_, toks, logps, _) = _prompt_and_sample(params, cfg, lengths, temperature)
+    scored = _score_continuations(params, cfg, prompts, lengths, np.asarray(toks), temperature)
+    np.testing.assert_allclose(np.asarray(logps), scored, atol=1e-5)
+
+
+def test_bf16_sampler_logprobs_close_to_fp32_scorer(model):
+    """bf16 sampling vs fp32 scoring of the same tokens: mean |Δ log-prob| < 0.03, max < 0.5.
+
+    The fixture's weights are large (logits near the soft-cap), which makes this a worst case for bf16.
+    """
+    cfg, params = model
+    bf16 = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+    lengths = [6, 3, 9]
+    prompts, (_, toks, logps, _) = _prompt_and_sample(bf16, cfg, lengths, 1.0)
+    diffs = np.abs(np.asarray(logps) - _score_continuations(params, cfg, prompts, lengths, np.asarray(toks), 1.0))
+    assert diffs.mean() < 0.03 and diffs.max() < 0.5, (diffs.mean(), diffs.max())
+
+
+def test_stop_tokens_end_rows_and_are_kept(model):
+    cfg, params = model
+    lengths = [6, 3, 9]
+    _, (_, free, _, _) = _prompt_and_sample(params, cfg, lengths, 1.0)
+    free = np.asarray(free)
+    first_new = [i for i in range(1, 12) if free[0, i] not in free[0, :i]]
+    assert first_new, free[0]
+    stop = int(free[0, first_new[0]])
+    _, (cache, toks, logps, n) = _prompt_and_sample(params, cfg, lengths, 1.0, stop_tokens=(stop, 127))
+    toks, logps, n = map(np.asarray, (toks, logps, n))
+    for b in range(3):
+        hits = [i for i, t in enumerate(free[b]) if t in (stop, 127)]
+        want = hits[0] + 1 if hits else 12
+        assert n[b] == want
+        np.testing.assert_array_equal(toks[b, :want], free[b, :want])
+        assert (toks[b, want:] == cfg.pad_id).all() and (logps[b, want:] == 0).all()
+    assert n[0] == first_new[0] + 1
+    np.testing.assert_array_equal(np.asarray(cache.end), np.asarray(lengths) + n)
+
+
+def test_temperature_sampling_follows_softmax(model):
+    cfg, params = model
+    B, T = 4000, 0.8
+    prompt = np.tile(np.array([[5, 9, 17]], np.int32), (B, 1))
+    cache, logits = append(params, cfg, init_cache(cfg, B, 4), jnp.asarray(prompt), jnp.full((B,), 3))
+    _, toks, _, _ = jax.jit(lambda c, l: sample(params, cfg, c, l, jax.random.key(0), max_new_tokens=1,
+                                                temperature=T))(cache, logits)
+    p = np.asarray(jax.nn.softmax(np.asarray(logits[0], np.float64) / T))
+    freq = np.bincount(np.asarray(toks[:, 0]), minlength=cfg.vocab_size) / B
+    assert np.abs(freq - p).max() < 4 * np.sqrt(p.max() / B) + 1e-3
+
+
+@pytest.mark.parametrize("top_k,top_p", [(3, 1.0), (0, 0.6), (5, 0.5)])
+def test_top_k_top_p_draw_only_from_the_allowed_set(model, top_k, top_p):
+    cfg, params = model
+    B, T = 1024, 4.0
+    prompt = np.tile(np.array([[5, 9, 17]], np.int32), (B, 1))
+    cache, logits = append(params, cfg, init_cache(cfg, B, 4), jnp.asarray(prompt), jnp.full((B,), 3))
+    _, toks, logps, _ = jax.jit(lambda c, l: sample(params, cfg, c, l, jax.random.key(1), max_new_tokens=1,
+                                                    temperature=T, top_k=top_k, top_p=top_p))(cache, logits)
+    row = np.asarray(logits[0], np.float64) / T
+    logp = row - row.max() - np.log(np.exp(row - row.max()).sum())
+    order = np.argsort(-row)
+    allowed = order[:top_k] if top_k else order
+    if top_p < 1.0:  # the nucleus of the top-k renormalised distribution, as in HF transformers
+        probs = np.exp(logp[allowed]) / np.exp(logp[allowed]).sum()
+        allowed = allowed[:int(np.searchsorted(np.cumsum(probs), top_p) + 1)]
+    kept = np.exp(logp[allowed]) / np.exp(logp[allowed]).sum()
+    drawn = set(np.asarray(toks[:, 0]).tolist())
+    assert drawn <= set(allowed.tolist())
+    assert set(allowed[kept > 0.02].tolist()) <= drawn
+    np.testing.assert_allclose(np.asarray(logps[:, 0]), logp[np.asarray(toks[:, 0])], atol=1e-5)
+
+
+def test_score_is_differentiable_and_value_head_reads_last_hidden(model):
+    cfg, params = model
+    params = dict(params, value_head={"w": jnp.ones((cfg.d_model,)), "b": jnp.array(0.5)})
+    tokens = jnp.asarray(np.random.default_rng(2).integers(3, cfg.vocab_size, size=(2, 12)), jnp.int32)
+    grads = jax.grad(lambda p: score(p, cfg, tokens).sum())(params)
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+    assert np.abs(np.asarray(grads["layers"]["q"])).max() > 0
+    logp, values = score(params, cfg, tokens, with_values=True)
+    assert logp.shape == (2, 12) and values.shape == (2, 12)
+    from jaxagent.model import hidden_states
+    h, _ = hidden_states(params, cfg, tokens, jnp.broadcast_to(jnp.arange(12), (2, 12)))
+    np.testing.assert_allclose(np.asarray(values), np.asarray(h).sum(-1) + 0.5, rtol=1e-5)
+
+
+def test_rewind_never_moves_forward(model):
+    cfg, _ = model
+    cache = init_cache(cfg, 3, 16).replace(end=jnp.array([5, 9, 2]))
+    np.testing.assert_array_equal(np.asarray(rewind(cache, jnp.array([3, 12, -1])).end), [3, 9, 0])
+
+
+def test_self_mask_packs_independent_sequences_in_one_row(model):
+    """Two sequences packed in one row with a block-diagonal causal mask give their separate hidden states."""
+    from jaxagent.model import transformer
+
+    cfg, params = model
+    rng = np.random.default_rng(5)
+    a, b = rng.integers(3, cfg.vocab_size, size=13), rng.integers(3, cfg.vocab_size, size=11)
+    packed = jnp.asarray(np.concatenate([a, b])[None], jnp.int32)
+    positions = jnp.asarray(np.concatenate([np.arange(13), np.arange(11)])[None], jnp.int32)
+    seg = np.array([0] * 13 + [1] * 11)
+    idx = np.arange(24)
+    mask = jnp.asarray(((seg[:, None] == seg[None, :]) & (idx[None, :] <= idx[:, None]))[None])
+    h, _, _ = transformer(params, cfg, packed, positions, self_mask=mask)
+    for seq, sl in ((a, slice(0, 13)), (b, slice(13, 24))):
+        alone, _, _ = transformer(params, cfg, jnp.asarray(seq[None], jnp.int32), jnp.arange(len(seq))[None])
+        np.testing.assert_allclose(np.asarray(h[0, sl]), np.asarray(alone[0]), atol=1e-5)
