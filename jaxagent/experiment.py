@@ -71,6 +71,7 @@ class PromptConfig:
     arm_labels: Literal["button", "numeric"] = "button"
     chain_of_thought: bool = True
     context_summary: bool = False          # per-arm counts and mean rewards after the history
+    history_window: int | None = None      # show only the last C steps (None: all; re-prefills once exceeded)
     legal_actions: bool = True             # list the legal moves (tic-tac-toe)
     max_prompt_tokens: int = 1792
 

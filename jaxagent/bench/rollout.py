@@ -1,0 +1,151 @@
+"""``jaxagent bench rollout``: env steps/s of our jitted agent episode vs a host loop built from peers' parts.
+
+Task: the sampler benchmark's tiny Gemma 2 checkpoint, a 5-arm button Gaussian bandit, 50 steps, up to G = 32
+sampled tokens per step (temperature 1, stop at ``<eos>``/``<end_of_turn>`` on both sides), batch 16 and 64.
+- ours: one jitted call per batch of episodes (render → sample → parse → env step, multi-turn KV cache);
+- host loop (the architecture of BanditBench / tunix agentic RL): a Python env, prompt strings, the HF
+  tokenizer, HF transformers ``generate`` (torch CPU, re-reading the whole prompt each step), decode, regex.
+Also tokens/s of one training step (forward + backward of the token log-likelihood) against the same model in
+torch. The decode floor (weight matmuls alone, measured in this run) bounds what any sampler can reach.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import envs_jax
+from jaxagent.bench.sampler import _floor_step, _make_checkpoint, _median_time
+from jaxagent.model import load_hf
+from jaxagent.model.sampler import score
+from jaxagent.rollout import AgentLoop
+from jaxagent.text.bandit_prompt import BanditRenderer
+from jaxagent.text.parse import ActionParser, parse_text
+from jaxagent.text.render import PromptOptions
+from jaxagent.text.tokenizer import shipped_tokenizer
+
+ARMS, G = 5, 32
+
+
+def _agent(cfg, horizon: int):
+    tok = shipped_tokenizer()
+    env = envs_jax.make_env("bandit-gaussian", num_arms=ARMS, sigma=1.0, horizon=horizon)
+    renderer = BanditRenderer(ARMS, horizon, tok, PromptOptions())
+    loop = AgentLoop(env, renderer, ActionParser(tok, renderer.labels), cfg, num_steps=horizon, max_new_tokens=G,
+                     stop_tokens=tok.stop_ids, temperature=1.0)
+    return tok, env, renderer, loop
+
+
+def _ours(loop, env, params, batch: int, repeats: int):
+    pool = jax.vmap(env.sample_params)(jax.random.split(jax.random.key(batch), batch))
+    rollout = jax.jit(loop.rollout)
+    t = time.perf_counter()
+    jax.block_until_ready(rollout(params, pool, jax.random.key(0)))
+    first = time.perf_counter() - t
+    keys = iter(jax.random.split(jax.random.key(1), repeats))
+    seconds = _median_time(lambda: jax.block_until_ready(rollout(params, pool, next(keys))), repeats)
+    return seconds, first
+
+
+class _HostBandit:
+    """The BanditBench-style Python environment: numpy arm means ~ N(0, 1), rewards ~ N(mean, 1)."""
+
+    def __init__(self, rng, batch: int):
+        self.rng, self.means = rng, rng.normal(size=(batch, ARMS))
+
+    def step(self, actions):
+        return self.rng.normal(self.means[np.arange(len(actions)), actions], 1.0)
+
+
+def _host_rollout(model, tok, renderer, horizon: int, batch: int, seed: int) -> float:
+    import torch
+
+    rng = np.random.default_rng(seed)
+    env = _HostBandit(rng, batch)
+    labels = renderer.labels
+    history = [[] for _ in range(batch)]
+    start = time.perf_counter()
+    for t in range(horizon):
+        prompts = [renderer.prefix_text() + "".join(f"Step={i} Action={labels[a]} Reward={r:.2f}\n"
+                                                    for i, (a, r) in enumerate(h)) + renderer.tail_text(None, None)
+                   for h in history]
+        encoded = [tok.encode(p) for p in prompts]
+        width = max(map(len, encoded))
+        ids = torch.tensor([[tok.pad_id] * (width - len(e)) + e for e in encoded])
+        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
+        torch.manual_seed(seed * 1000 + t)
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                 max_new_tokens=G, eos_token_id=list(tok.stop_ids), pad_token_id=tok.pad_id)
+        texts = [tok.decode_bytes(row[width:].tolist()) for row in out]
+        actions = np.array([a if (a := parse_text(text, labels)) is not None else rng.integers(ARMS)
+                            for text in texts])
+        rewards = env.step(actions)
+        for h, a, r in zip(history, actions, rewards):
+            h.append((int(a), float(r)))
+    return time.perf_counter() - start
+
+
+def _train_tokens_per_s(params, cfg, path, batch: int, length: int, repeats: int, have_torch: bool):
+    tokens = np.random.default_rng(7).integers(3, cfg.vocab_size, size=(batch, length))
+    grad = jax.jit(jax.grad(lambda p, x: -score(p, cfg, x).mean()))
+    x = jnp.asarray(tokens, jnp.int32)
+    jax.block_until_ready(grad(params, x))
+    ours = batch * length / _median_time(lambda: jax.block_until_ready(grad(params, x)), repeats)
+    row = {"ours_tokens_per_s": round(ours), "torch_tokens_per_s": None, "ratio": None,
+           "shape": [batch, length]}
+    if have_torch:
+        import torch
+        from transformers import Gemma2ForCausalLM
+
+        model = Gemma2ForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
+        ids = torch.as_tensor(tokens, dtype=torch.long)
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            model(ids, labels=ids).loss.backward()
+        step()
+        theirs = batch * length / _median_time(step, repeats)
+        row.update(torch_tokens_per_s=round(theirs), ratio=round(ours / theirs, 2))
+    return row
+
+
+def run(quick: bool = False) -> dict:
+    horizon, batches, repeats = (10, (16,), 2) if quick else (50, (16, 64), 3)
+    host_repeats = 1
+    result = {}
+    with tempfile.TemporaryDirectory() as path:
+        have_torch = _make_checkpoint(path)
+        cfg, params = load_hf(path)
+        tok, env, renderer, loop = _agent(cfg, horizon)
+        hf_model = None
+        if have_torch:
+            import torch
+            from transformers import Gemma2ForCausalLM
+
+            hf_model = Gemma2ForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
+        else:
+            print("host-loop column skipped: torch is not installed")
+        for batch in batches:
+            seconds, first = _ours(loop, env, params, batch, repeats)
+            ours = batch * horizon / seconds
+            floor = batch * horizon / (horizon * G * _floor_step(params, cfg, batch, repeats))
+            row = {"ours_steps_per_s": round(ours, 1), "compile_s": round(first - seconds, 2),
+                   "floor_steps_per_s": round(floor, 1), "fraction_of_floor": round(ours / floor, 2),
+                   "host_steps_per_s": None, "ratio": None}
+            if hf_model is not None:
+                host = float(np.median([_host_rollout(hf_model, tok, renderer, horizon, batch, seed)
+                                        for seed in range(host_repeats)]))
+                row.update(host_steps_per_s=round(batch * horizon / host, 1),
+                           ratio=round(ours / (batch * horizon / host), 1))
+            result[f"batch_{batch}"] = row
+            print(f"batch {batch}: " + ", ".join(f"{k}={v}" for k, v in row.items()))
+        result["train"] = _train_tokens_per_s(params, cfg, path, 8, 256 if quick else 512, repeats, have_torch)
+        print("train step:", result["train"])
+    result["note"] = (f"CPU, tiny 4.46M-parameter Gemma 2, {ARMS}-arm bandit, {horizon} steps, G={G}; "
+                      "host loop = HF generate + Python env + string prompts + regex")
+    return result
+

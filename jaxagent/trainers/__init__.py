@@ -1,0 +1,88 @@
+"""``jaxagent train|eval|export CONFIG [key=value ...]``: SFT, RLFT or SFT then RLFT, with paired evaluation."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+from jaxagent.config import ConfigError
+from jaxagent.experiment import load_experiment
+from jaxagent.model import load_policy
+from jaxagent.model.policy import Policy
+from jaxagent.runlog import RunLog
+from jaxagent.trainers.evaluate import Evaluator, print_table, summarise, write_report
+from jaxagent.trainers.phases import train_rlft, train_sft
+from jaxagent.trainers.setup import build
+
+BASELINES = {"random": "random", "ucb": "ucb", "greedy_expert": "greedy"}
+
+
+def _baselines(exp, evaluator: Evaluator) -> dict:
+    if not hasattr(exp.env, "num_arms"):
+        return {}
+    return {name: evaluator.expert(kind) for name, kind in BASELINES.items()}
+
+
+def _eval_scalars(evaluator: Evaluator):
+    def scalars(params):
+        s = summarise(evaluator.model(params))
+        return {f"{metric}": row["mean"] for metric, row in s.items()}
+    return scalars
+
+
+def train_from_config(path, overrides) -> dict:
+    cfg = load_experiment(path, overrides)
+    exp = build(cfg)
+    directory = cfg.run.directory
+    with RunLog(directory, cfg, seeds={"run": cfg.run.seed, "eval": cfg.eval.seed}) as log:
+        evaluator = Evaluator(exp, cfg.eval.num_episodes, cfg.eval.seed)
+        curves = _baselines(exp, evaluator)
+        params = exp.init_params
+        if cfg.trainer in ("sft", "sft_then_rlft"):
+            params = train_sft(exp, params, directory / "sft", log, _eval_scalars(evaluator))
+            curves["sft"] = evaluator.model(params)
+        if cfg.trainer in ("rlft", "sft_then_rlft"):
+            if cfg.trainer == "rlft":
+                curves["initial"] = evaluator.model(params)
+            params = train_rlft(exp, params, directory / "rlft", log, _eval_scalars(evaluator))
+            curves["rlft"] = evaluator.model(params)
+        Policy(exp.model_cfg, params).save(directory / "policy")
+    summary = write_report(directory, curves)
+    print_table(summary)
+    print(f"run directory: {directory} (summary.json, regret.png, coverage.png, policy/, tb/)")
+    return summary
+
+
+def _pop(overrides, key: str, required: bool = True):
+    values = [o.split("=", 1)[1] for o in overrides if o.startswith(f"{key}=")]
+    rest = [o for o in overrides if not o.startswith(f"{key}=")]
+    if required and not values:
+        raise ConfigError(f"missing '{key}=...' on the command line")
+    return (values[-1] if values else None), rest
+
+
+def eval_from_config(path, overrides) -> dict:
+    """Evaluate a saved policy (``checkpoint=DIR``: a run's policy/ or any HF/Orbax Gemma 2 directory)."""
+    checkpoint, overrides = _pop(overrides, "checkpoint")
+    if not Path(checkpoint).exists():
+        raise ConfigError(f"checkpoint directory not found: {checkpoint}")
+    cfg = load_experiment(path, overrides)
+    exp = build(cfg)
+    policy = load_policy(checkpoint, cfg.model.dtype)
+    evaluator = Evaluator(exp, cfg.eval.num_episodes, cfg.eval.seed)
+    curves = {**_baselines(exp, evaluator), "policy": evaluator.model(policy.params)}
+    summary = write_report(Path(checkpoint).parent / "eval", curves)
+    print_table(summary)
+    return summary
+
+
+def export_from_config(path, overrides) -> None:
+    """Write a saved policy (``checkpoint=DIR``) as a Hugging Face Gemma 2 directory (``out=DIR``)."""
+    checkpoint, overrides = _pop(overrides, "checkpoint")
+    out, overrides = _pop(overrides, "out")
+    if not Path(checkpoint).exists():
+        raise ConfigError(f"checkpoint directory not found: {checkpoint}")
+    load_policy(checkpoint).save_hf(out)
+    print(f"exported {checkpoint} -> {out}")
+
+
+__all__ = ["eval_from_config", "export_from_config", "train_from_config"]

@@ -1,0 +1,94 @@
+"""Paired evaluation on held-out instances: every method plays the same instances with the same env keys.
+
+Bandits: cumulative regret and action coverage by step; each method's summary is the mean and the
+95%-CI half-width over episodes of the final regret and coverage. Tic-tac-toe: return and win/draw/loss.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxagent import metrics
+from jaxagent.experts import Expert
+
+
+def episode_curves(traj, num_actions: int) -> dict[str, np.ndarray]:
+    """Per-episode curves ``[B, T]`` from a trajectory."""
+    out = {"regret": metrics.cumulative_regret(traj.expected_reward, traj.best_expected_reward),
+           "coverage": metrics.action_coverage(traj.actions, num_actions),
+           "invalid": 1.0 - traj.valid.astype(jnp.float32),
+           "return": jnp.cumsum(traj.env_rewards, axis=1)}
+    return jax.tree.map(np.asarray, out)
+
+
+def summarise(curves: dict[str, np.ndarray]) -> dict:
+    out = {}
+    for name in ("regret", "coverage", "invalid", "return"):
+        mean, half = metrics.mean_ci95(jnp.asarray(curves[name][:, -1] if name != "invalid"
+                                                   else curves[name].mean(axis=1)))
+        out[name] = {"mean": float(mean), "ci95": float(half)}
+    return out
+
+
+class Evaluator:
+    """Held-out instances and keys fixed at construction; ``model`` and ``expert`` give comparable curves."""
+
+    def __init__(self, experiment, num_episodes: int, seed: int):
+        self.exp = experiment
+        pool_key, self.key = jax.random.split(jax.random.key(seed))
+        self.pool = experiment.pool(pool_key, num_episodes)
+        self._model = jax.jit(experiment.eval_loop.rollout)
+
+    def model(self, params) -> dict[str, np.ndarray]:
+        return episode_curves(self._model(params, self.pool, self.key), self.exp.env.num_actions)
+
+    def expert(self, kind: str) -> dict[str, np.ndarray]:
+        exp = self.exp
+        expert = Expert(kind, exp.tokenizer, exp.labels, exp.env.horizon, stats=False)
+        traj = jax.jit(lambda pool, key: exp.eval_loop.expert_rollout(expert, pool, key))(self.pool, self.key)
+        return episode_curves(traj, exp.env.num_actions)
+
+
+def write_report(directory: Path, curves_by_method: dict[str, dict[str, np.ndarray]]) -> dict:
+    """``summary.json`` (final regret/coverage mean and ci95 per method) and PNG plots of the curves."""
+    directory.mkdir(parents=True, exist_ok=True)
+    summary = {name: summarise(curves) for name, curves in curves_by_method.items()}
+    (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _plot(directory, curves_by_method)
+    return summary
+
+
+def _plot(directory: Path, curves_by_method) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for metric, ylabel in (("regret", "cumulative regret"), ("coverage", "action coverage")):
+        fig, ax = plt.subplots(figsize=(5.5, 3.8))
+        for name, curves in curves_by_method.items():
+            x = curves[metric]
+            mean = x.mean(axis=0)
+            half = np.asarray(metrics.mean_ci95(jnp.asarray(x))[1])
+            steps = np.arange(1, x.shape[1] + 1)
+            ax.plot(steps, mean, label=name)
+            ax.fill_between(steps, mean - half, mean + half, alpha=0.2)
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        ax.legend(frameon=False)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(directory / f"{metric}.png", dpi=120)
+        plt.close(fig)
+
+
+def print_table(summary: dict) -> None:
+    print(f"{'method':<14}{'regret':>20}{'coverage':>20}{'invalid':>12}")
+    for name, row in summary.items():
+        r, c, i = row["regret"], row["coverage"], row["invalid"]
+        print(f"{name:<14}{r['mean']:>11.2f} ± {r['ci95']:<6.2f}{c['mean']:>11.3f} ± {c['ci95']:<6.3f}"
+              f"{i['mean']:>12.3f}")

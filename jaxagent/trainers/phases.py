@@ -1,0 +1,119 @@
+"""The two training phases: SFT on expert episodes (thought or behaviour cloning) and RLFT (PPO + KL).
+
+Batch sizes are counted in step contexts, as in the paper (128 contexts per update), and rounded to whole
+episodes, the unit the packed scorer works on; in RLFT to a divisor of ``rollout.envs_per_rollout`` (the
+paper's 128 contexts of 50-step episodes, 16 per rollout, become 2 episodes = 100 contexts per update).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from jaxagent.checkpoint import Checkpointer
+from jaxagent.config import ConfigError
+from jaxagent.experts import Expert
+from jaxagent.optim import make_optimizer
+from jaxagent.runlog import RunLog
+from jaxagent.train_step import create_train_state, make_train_step
+from jaxagent.trainers import batches
+from jaxagent.trainers.loop import fit, resume, split_updates
+
+
+def episodes_per_update(batch_size: int, num_steps: int, episodes_per_rollout: int | None = None) -> int:
+    if episodes_per_rollout is None:
+        return max(1, round(batch_size / num_steps))
+    divisors = [d for d in range(1, episodes_per_rollout + 1) if episodes_per_rollout % d == 0]
+    return min(divisors, key=lambda d: abs(d * num_steps - batch_size))
+
+
+def micro_batches(micro_batch_size: int | None, episodes: int, num_steps: int, key: str) -> int:
+    if micro_batch_size is None:
+        return 1
+    per = episodes_per_update(micro_batch_size, num_steps)
+    if episodes % per:
+        raise ConfigError(f"config key '{key}': {micro_batch_size} contexts = {per} episodes, which does not "
+                          f"divide the {episodes} episodes of an update")
+    return episodes // per
+
+
+def _draw(pool, key, n: int):
+    size = jax.tree.leaves(pool)[0].shape[0]
+    idx = jax.random.choice(key, size, (n,), replace=size < n)
+    return jax.tree.map(lambda x: x[idx], pool)
+
+
+def train_sft(exp, params, directory: Path, log: RunLog, evaluate=None):
+    cfg, loop = exp.cfg, exp.train_loop
+    s = cfg.sft
+    if s.expert not in ("ucb", "greedy"):
+        raise ConfigError(f"config key 'sft.expert': {s.expert!r} experts are not available for {cfg.env.name}")
+    expert = Expert(s.expert, exp.tokenizer, exp.labels, exp.env.horizon, stats=s.rationale_stats,
+                    reasoning=s.target == "thought_cloning")
+    episodes = episodes_per_update(s.batch_size, loop.num_steps)
+    k = micro_batches(s.micro_batch_size, episodes, loop.num_steps, "sft.micro_batch_size")
+    key = jax.random.key(cfg.run.seed)
+    pool = exp.pool(jax.random.fold_in(key, 1), cfg.env.pool_size)
+    prefix = exp.renderer.prefix[0]
+
+    @jax.jit
+    def make_batch(key):
+        k_draw, k_play = jax.random.split(key)
+        traj = loop.expert_rollout(expert, _draw(pool, k_draw, episodes), k_play)
+        return batches.sft_batch(prefix, traj, exp.tokenizer.pad_id)
+
+    optimizer = make_optimizer(cfg.optim, s.num_updates)
+    step_fn = make_train_step(batches.sft_loss(exp.model_cfg), optimizer, num_micro_batches=k)
+    checkpointer = Checkpointer(directory / "checkpoints", keep=cfg.run.keep_checkpoints)
+    state = resume(checkpointer, create_train_state(params, optimizer))
+    state = fit("sft", state, total_updates=s.num_updates, key=jax.random.fold_in(key, 2),
+                make_data=lambda key, _: ([make_batch(key)], {}), train_step=step_fn, log=log,
+                checkpointer=checkpointer, checkpoint_every=cfg.run.checkpoint_every, log_every=cfg.run.log_every,
+                on_eval=evaluate, eval_every=cfg.eval.every)
+    checkpointer.close()
+    return state.params
+
+
+def train_rlft(exp, params, directory: Path, log: RunLog, evaluate=None):
+    cfg, loop = exp.cfg, exp.train_loop
+    rl, r = cfg.rl, cfg.rollout
+    episodes = episodes_per_update(rl.batch_size, loop.num_steps, r.envs_per_rollout)
+    updates_per_rollout = r.envs_per_rollout // episodes * rl.epochs
+    k = micro_batches(rl.micro_batch_size, episodes, loop.num_steps, "rl.micro_batch_size")
+    key = jax.random.key(cfg.run.seed + 1)
+    pool = exp.pool(jax.random.fold_in(key, 1), cfg.env.pool_size)
+    prefix, ref_params = exp.renderer.prefix[0], params
+
+    @jax.jit
+    def make_batch(key, params, ref_params):
+        k_draw, k_play = jax.random.split(key)
+        traj = loop.rollout(params, _draw(pool, k_draw, r.envs_per_rollout), k_play)
+        batch = batches.rl_batch(params, ref_params, exp.model_cfg, rl, prefix, traj, exp.tokenizer.pad_id,
+                                 loop.temperature)
+        stats = {"rollout/env_reward": traj.env_rewards.sum(1).mean(),
+                 "rollout/train_reward": traj.train_rewards.sum(1).mean(),
+                 "rollout/invalid_rate": 1.0 - traj.valid.mean(),
+                 "rollout/generated_length": traj.lengths.mean(),
+                 "rollout/regret": (traj.best_expected_reward - traj.expected_reward).sum(1).mean(),
+                 "rollout/coverage": jax.nn.one_hot(traj.actions, exp.env.num_actions).max(1).mean()}
+        return batch, stats
+
+    def make_data(key, params):
+        batch, stats = make_batch(key, params, ref_params)
+        minibatches = split_updates(batch, r.envs_per_rollout // episodes)
+        return minibatches * rl.epochs, {k: float(v) for k, v in stats.items()}
+
+    optimizer = make_optimizer(cfg.optim, rl.num_updates)
+    step_fn = make_train_step(batches.rl_loss(exp.model_cfg, rl, loop.temperature), optimizer,
+                              num_micro_batches=k, weights=batches.rl_weights(rl))
+    checkpointer = Checkpointer(directory / "checkpoints", keep=cfg.run.keep_checkpoints)
+    state = resume(checkpointer, create_train_state(params, optimizer))
+    if rl.num_updates % updates_per_rollout:
+        raise ConfigError(f"config key 'rl.num_updates': {rl.num_updates} is not a multiple of the "
+                          f"{updates_per_rollout} updates each rollout gives")
+    state = fit("rlft", state, total_updates=rl.num_updates, key=jax.random.fold_in(key, 2), make_data=make_data,
+                train_step=step_fn, log=log, checkpointer=checkpointer, checkpoint_every=cfg.run.checkpoint_every,
+                log_every=cfg.run.log_every, on_eval=evaluate, eval_every=cfg.eval.every)
+    checkpointer.close()
+    return state.params

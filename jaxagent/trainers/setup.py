@@ -1,0 +1,95 @@
+"""Build an experiment's parts from its config: env and instance pools, tokenizer, prompt, parser, model, loops."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+import envs_jax
+from jaxagent.config import ConfigError
+from jaxagent.experiment import ExperimentConfig
+from jaxagent.model import GemmaConfig, init_params, load_policy
+from jaxagent.model.policy import DTYPES
+from jaxagent.rollout import AgentLoop
+from jaxagent.text import PromptOptions, load_tokenizer, make_parser, make_renderer, shipped_tokenizer
+
+
+@dataclasses.dataclass
+class Experiment:
+    cfg: ExperimentConfig
+    env: Any
+    tokenizer: Any
+    renderer: Any
+    parser: Any
+    model_cfg: GemmaConfig
+    init_params: Any
+    train_loop: AgentLoop
+    eval_loop: AgentLoop
+
+    def pool(self, key, size: int):
+        """``size`` env instances (a batched params pytree)."""
+        return jax.vmap(self.env.sample_params)(jax.random.split(key, size))
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.renderer.labels
+
+
+def _tokenizer(cfg: ExperimentConfig):
+    path = cfg.model.tokenizer or cfg.model.checkpoint
+    if path is None or cfg.model.tokenizer == "shipped":
+        return shipped_tokenizer()
+    return load_tokenizer(path)
+
+
+def _renderer(env, tokenizer, cfg: ExperimentConfig):
+    p = cfg.prompt
+    options = PromptOptions(labels=p.arm_labels, cot=p.chain_of_thought, summary=p.context_summary,
+                            history_window=p.history_window, legal_actions=p.legal_actions,
+                            max_len=p.max_prompt_tokens,
+                            distribution="Bernoulli" if "bernoulli" in cfg.env.name else "Gaussian")
+    return make_renderer(env, tokenizer, options, params=env.default_params)
+
+
+def _model(cfg: ExperimentConfig, vocab_size: int):
+    m = cfg.model
+    if m.checkpoint is not None:
+        if not Path(m.checkpoint).exists():
+            raise ConfigError(f"config key 'model.checkpoint': directory not found: {m.checkpoint}")
+        policy = load_policy(m.checkpoint, m.dtype)
+        model_cfg, params = policy.cfg, policy.params
+    else:
+        try:
+            model_cfg = GemmaConfig.preset(m.preset)
+        except ValueError as e:
+            raise ConfigError(f"config key 'model.preset': {e}") from None
+        params = init_params(model_cfg, jax.random.key(cfg.run.seed), DTYPES[m.dtype], value_head=m.value_head)
+    if model_cfg.vocab_size < vocab_size:
+        raise ConfigError(f"config key 'model.tokenizer': the tokenizer has {vocab_size} tokens but the model's "
+                          f"vocabulary only {model_cfg.vocab_size}")
+    if m.value_head and "value_head" not in params:
+        params = {**params, "value_head": {"w": jnp.zeros((model_cfg.d_model,), params["embed"].dtype),
+                                           "b": jnp.zeros((), params["embed"].dtype)}}
+    return model_cfg, params
+
+
+def build(cfg: ExperimentConfig) -> Experiment:
+    try:
+        env = envs_jax.make_env(cfg.env.name, **cfg.env.options)
+    except envs_jax.EnvError as e:
+        raise ConfigError(f"config key 'env': {e}") from None
+    tokenizer = _tokenizer(cfg)
+    renderer = _renderer(env, tokenizer, cfg)
+    parser = make_parser(renderer)
+    model_cfg, params = _model(cfg, tokenizer.vocab_size)
+    r = cfg.rollout
+    num_steps = env.horizon if cfg.env.num_steps is None else cfg.env.num_steps
+    train_loop = AgentLoop(env, renderer, parser, model_cfg, num_steps=num_steps, max_new_tokens=r.max_new_tokens,
+                           stop_tokens=tokenizer.stop_ids, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
+                           invalid_penalty=-r.invalid_penalty,
+                           exploration_bonus=r.exploration_bonus_value if r.exploration_bonus else 0.0)
+    eval_loop = dataclasses.replace(train_loop, temperature=cfg.eval.temperature, top_k=0, top_p=1.0)
+    return Experiment(cfg, env, tokenizer, renderer, parser, model_cfg, params, train_loop, eval_loop)
