@@ -58,7 +58,6 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"
     value_head: bool = False               # state-value head on the last hidden state (GAE)
     mesh: tuple[int, int, int] = (-1, 1, 1)  # (data, fsdp, tensor) sizes; -1 = the remaining devices
-    remat: bool = False
 
     def validate(self) -> None:
         sizes = self.mesh
@@ -207,6 +206,7 @@ class RunConfig:
     keep_checkpoints: int = 3
     log_every: int = 10
     resume: bool = True                    # continue from the run directory's last checkpoint
+    distributed: bool = False              # multi-host: jax.distributed.initialize() before anything else
 
     def validate(self) -> None:
         _require(bool(self.name) and "/" not in self.name, "run.name", "must be a non-empty name without '/'",

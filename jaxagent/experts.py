@@ -28,8 +28,7 @@ class Expert:
         # random has no reasons to give: it writes the action alone
         self.rationale = RationaleRenderer(tokenizer, labels, horizon, "greedy" if kind == "greedy" else "ucb",
                                            stats=stats, reasoning=reasoning and kind != "random")
-        counts = jnp.zeros(self.num_arms, jnp.int32)
-        self.width = int(self.rationale.tokens(counts, counts, counts, 0)[0].shape[0])
+        self.width = self.rationale.max_length
 
     def choose(self, key, counts, reward_sums):
         """The expert's arm for one bandit state (jittable)."""
@@ -47,9 +46,39 @@ class Expert:
         """The expert's action and its reasoning tokens for an env state with ``counts``/``reward_sums``."""
         action = self.choose(key, state.counts, state.reward_sums)
         means, ucb = ucb_values(state.counts, state.reward_sums)
-        return action, self.rationale.tokens(state.counts, means, ucb, action)
+        tokens, length = self.rationale.tokens(state.counts, means, ucb, action)
+        return action, (tokens[: self.width], length)
 
     def text(self, counts, reward_sums, action: int) -> str:
         """Host reference of the reasoning for ``action``."""
         means, ucb = ucb_values(counts, reward_sums)
         return self.rationale.text(counts, means, ucb, action)
+
+
+class ExplorationOverride:
+    """The paper's try-all and ε-greedy mechanisms: some turns are taken over by an exploratory action,
+    written with the try-all rationale ("Action X has not been tried yet, let's explore it. ACTION=X").
+
+    try-all plays the first untried arm while one is left; ε-greedy plays a uniformly random arm with
+    probability ε. These turns are executed and trained on like the model's own.
+    """
+
+    def __init__(self, tokenizer: TextTokenizer, labels, horizon: int, try_all: bool, epsilon: float):
+        self.try_all, self.epsilon, self.num_arms = try_all, float(epsilon), len(labels)
+        self.rationale = RationaleRenderer(tokenizer, labels, horizon, "ucb", stats=False)
+        self.width = self.rationale.max_length
+
+    def __call__(self, key, state) -> tuple[jax.Array, Piece]:
+        """``(forced, (tokens, length))`` for one state; the tokens name the forced arm."""
+        k_coin, k_arm = jax.random.split(key)
+        untried = state.counts == 0
+        forced = jnp.zeros((), bool)
+        arm = jax.random.randint(k_arm, (), 0, self.num_arms)
+        if self.epsilon:
+            forced = jax.random.uniform(k_coin) < self.epsilon
+        if self.try_all:
+            arm = jnp.where(jnp.any(untried), jnp.argmax(untried), arm).astype(jnp.int32)
+            forced = forced | jnp.any(untried)
+        zeros = jnp.zeros(self.num_arms, jnp.int32)  # the exploration template, whatever the counts
+        tokens, length = self.rationale.tokens(zeros, zeros, zeros, arm)
+        return forced, (tokens[: self.width], length)

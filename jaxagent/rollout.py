@@ -44,6 +44,7 @@ class Trajectory:
     env_rewards: jax.Array  # [B, T]
     train_rewards: jax.Array  # [B, T] env reward + shaping
     first: jax.Array  # [B, T] this step starts an episode (its prompt has no history)
+    forced: jax.Array  # [B, T] an exploration mechanism wrote this turn (its logprobs are not the model's)
     done: jax.Array  # [B, T] the episode ended with this step
     expected_reward: jax.Array  # [B, T] (bandits; 0 elsewhere)
     best_expected_reward: jax.Array  # [B, T]
@@ -66,6 +67,7 @@ class AgentLoop:
     top_p: float = 1.0
     invalid_penalty: float = 5.0
     exploration_bonus: float = 0.0
+    exploration: Any = None  # an experts.ExplorationOverride (try-all / ε-greedy), or None
 
     @property
     def rewinds(self) -> bool:
@@ -77,6 +79,10 @@ class AgentLoop:
         r = self.renderer
         body = r.options.max_len if not self.rewinds else r.prefix[1] + r.window * r.line_width + r.tail_width
         return int(body + self.max_new_tokens)
+
+    def __post_init__(self):
+        if self.exploration is not None:
+            _check_budget(self.exploration.width, self.max_new_tokens, "the exploration rationale")
 
     def random_legal_action(self, key, state):
         mask = getattr(state, "legal_mask", None)
@@ -121,10 +127,17 @@ class AgentLoop:
             k_gen, k_env = jax.random.split(key)
             first, line, tail = jax.vmap(self._prompt_pieces)(state, env_params)
             extra, gen, logp, gen_len = generate(extra, k_gen, state, first, line, tail)
+            forced = jnp.zeros((B,), bool)
+            if self.exploration is not None:
+                forced, (tokens, lengths) = jax.vmap(self.exploration)(jax.random.split(k_gen, B), state)
+                tokens = _fit(tokens, gen.shape[1], self.renderer.pad_id)
+                gen = jnp.where(forced[:, None], tokens, gen)
+                gen_len = jnp.where(forced, lengths, gen_len)
+                logp = jnp.where(forced[:, None], 0.0, logp)
             next_state, outs = jax.vmap(self._env_step)(jax.random.split(k_env, B), state, gen, gen_len, env_params)
             executed, valid, reward, train_reward, done, expected, best = outs
             record = (line[0], line[1], tail[0], tail[1], gen, logp, gen_len, executed, valid, reward, train_reward,
-                      first, done, expected, best, state)
+                      first, forced, done, expected, best, state)
             return (next_state, extra), record
 
         _, records = jax.lax.scan(step, (state, extra), jax.random.split(k_steps, self.num_steps))
@@ -160,18 +173,26 @@ class AgentLoop:
 
     def expert_rollout(self, expert, env_params, key) -> Trajectory:
         """Play with an :class:`jaxagent.experts.Expert`; its reasoning tokens stand where the model's would."""
-        if expert.width > self.max_new_tokens:
-            raise ValueError(f"expert reasoning needs up to {expert.width} tokens, over the generation budget "
-                             f"max_new_tokens={self.max_new_tokens}")
+        _check_budget(expert.width, self.max_new_tokens, "expert reasoning")
         B = jax.tree.leaves(env_params)[0].shape[0]
         G, pad = self.max_new_tokens, self.renderer.pad_id
 
         def generate(extra, key, state, first, line, tail):
             _, (tokens, lengths) = jax.vmap(expert.act)(jax.random.split(key, B), state, env_params)
-            tokens = jnp.pad(tokens, ((0, 0), (0, G - tokens.shape[1])), constant_values=pad)
+            tokens = _fit(tokens, G, pad)
             return extra, tokens, jnp.zeros(tokens.shape, jnp.float32), lengths
 
         return self._play(env_params, key, generate, ())
 
     def jitted(self) -> Callable:
         return jax.jit(self.rollout)
+
+
+def _check_budget(width: int, budget: int, what: str) -> None:
+    if width > budget:
+        raise ValueError(f"{what} needs up to {width} tokens, over the generation budget max_new_tokens={budget}")
+
+
+def _fit(tokens, width: int, pad_id: int):
+    """Pad ``tokens [B, w]`` (w <= width, checked at set-up) to ``[B, width]``."""
+    return jnp.pad(tokens, ((0, 0), (0, width - tokens.shape[1])), constant_values=pad_id)

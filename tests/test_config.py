@@ -62,3 +62,7 @@ def test_missing_and_malformed_files(tmp_path):
     top.write_text("- 1\n")
     with pytest.raises(ConfigError, match="mapping"):
         cfglib.load(Outer, top)
+
+
+def test_exponent_without_a_dot_is_a_number():
+    assert cfglib.load(Outer, None, ["optim.lr=2e-3"]).optim.lr == 2e-3

@@ -26,8 +26,8 @@ def random_trajectory(rng, B=3, T=5, Lh=4, Lt=3, G=5):
     gen, gen_len = ragged((B, T), G, 1)
     zeros = np.zeros((B, T), np.float32)
     return Trajectory(line, line_len, tail, tail_len, gen, zeros[..., None] + np.zeros(G, np.float32), gen_len,
-                      zeros.astype(np.int32), zeros.astype(bool), zeros, zeros, first, zeros.astype(bool), zeros,
-                      zeros, None, np.int32(0))
+                      zeros.astype(np.int32), zeros.astype(bool), zeros, zeros, first, zeros.astype(bool),
+                      zeros.astype(bool), zeros, zeros, None, np.int32(0))
 
 
 @pytest.mark.parametrize("seed", [0, 1])

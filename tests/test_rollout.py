@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import envs_jax
-from jaxagent.experts import Expert
+from jaxagent.experts import ExplorationOverride, Expert
 from jaxagent.model import GemmaConfig, init_params
 from jaxagent.model.sampler import generate
 from jaxagent.rollout import AgentLoop
@@ -72,3 +72,26 @@ def test_expert_episode_parses_back_to_the_expert_actions():
     np.testing.assert_array_equal(np.asarray(traj.actions)[:, :K], np.tile(np.arange(K), (B, 1)))
     text = TOK.decode(traj.tokens[0, K, : traj.lengths[0, K]])
     assert "We select actions according to the highest UCB value." in text
+
+
+def test_try_all_takes_over_the_first_turns_with_the_exploration_rationale():
+    loop, pool = make_loop(temperature=1.0)
+    exploration = ExplorationOverride(TOK, loop.renderer.labels, HORIZON, try_all=True, epsilon=0.0)
+    loop = dataclasses.replace(loop, exploration=exploration, max_new_tokens=exploration.width)
+    params = init_params(CFG, jax.random.key(0), std=0.5)
+    traj = jax.jit(loop.rollout)(params, pool, jax.random.key(4))
+    forced = np.asarray(traj.forced)
+    assert forced[:, :K].all() and not forced[:, K:].any()
+    np.testing.assert_array_equal(np.asarray(traj.actions)[:, :K], np.tile(np.arange(K), (B, 1)))
+    assert bool(traj.valid[:, :K].all())
+    text = TOK.decode(traj.tokens[0, 1, : traj.lengths[0, 1]])
+    assert text == (f"We have not yet selected all actions. Action {loop.renderer.labels[1]} has not been tried "
+                    f"yet, let's explore it.\nACTION={loop.renderer.labels[1]}<end_of_turn>")
+
+
+def test_epsilon_greedy_forces_about_epsilon_of_the_turns():
+    loop, pool = make_loop(temperature=1.0)
+    exploration = ExplorationOverride(TOK, loop.renderer.labels, HORIZON, try_all=False, epsilon=0.3)
+    _, state = loop.env.reset(jax.random.key(0), row(pool, 0))
+    forced, _ = jax.vmap(exploration, in_axes=(0, None))(jax.random.split(jax.random.key(5), 4000), state)
+    assert abs(float(forced.mean()) - 0.3) < 0.03

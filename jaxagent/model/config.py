@@ -114,6 +114,9 @@ PRESETS = {
     # The benchmark model: 4.46 M parameters.
     "tiny": GemmaConfig(vocab_size=2048, num_layers=4, d_model=256, ffw_dim=1024, num_heads=4, num_kv_heads=2,
                         head_dim=64, sliding_window=64, query_pre_attn_scalar=64),
+    # The quickstart agent (1.1 M parameters, the shipped tokenizer's vocabulary): fast enough to train on 2 CPU cores.
+    "nano": GemmaConfig(vocab_size=2048, num_layers=4, d_model=128, ffw_dim=512, num_heads=4, num_kv_heads=2,
+                        head_dim=32, sliding_window=64, query_pre_attn_scalar=32),
     # Unit-test size: 2 query heads per kv head, a short window, and a 27B-style query scale.
     "test": GemmaConfig(vocab_size=256, num_layers=4, d_model=64, ffw_dim=128, num_heads=4, num_kv_heads=2,
                         head_dim=16, sliding_window=8, query_pre_attn_scalar=24),

@@ -55,6 +55,17 @@ class RationaleRenderer:
                         Table(tokenizer, [EXPLOIT[rule][1].format(label) for label in self.labels], "exploit arm")]
         self.action_table = Table(tokenizer, [f"ACTION={label}{END_OF_TURN}" for label in self.labels], "action")
 
+    @property
+    def max_length(self) -> int:
+        """The longest target in tokens: exact without per-arm lines (every text is enumerated), else the
+        width of the padded pieces."""
+        K = len(self.labels)
+        if self.stats:
+            zeros = jnp.zeros(K, jnp.int32)
+            return int(self.tokens(zeros, zeros, zeros, 0)[0].shape[0])
+        texts = [self.text(np.full(K, n, np.int32), np.zeros(K), np.zeros(K), a) for a in range(K) for n in (0, 1)]
+        return max(len(ids) for ids in self.tokenizer.encode_batch(texts))
+
     def text(self, counts, means, ucb, chosen: int) -> str:
         """Host reference. ``counts`` i32[K], ``means``/``ucb`` f32[K] (ignored where the count is 0)."""
         label = self.labels[int(chosen)]

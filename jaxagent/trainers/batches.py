@@ -35,19 +35,25 @@ def sft_loss(model_cfg: GemmaConfig):
 
 
 def rl_batch(params, ref_params, model_cfg: GemmaConfig, rl: RLConfig, prefix_tokens, traj, pad_id: int,
-             temperature: float) -> dict:
+             temperature: float, forced_turns: bool = False) -> dict:
     """Everything the PPO + KL (+ value) loss needs, computed once per rollout (no gradient).
 
     Advantages: rewards-to-go minus a Monte-Carlo baseline (bandits), or GAE on the value head at each
     step's prompt (games; an episode still running at the end of the rollout bootstraps from V = 0).
+    With ``forced_turns`` (try-all / ε-greedy wrote some turns), those turns' behaviour log-probs are the
+    model's log-probs of the forced text under the rollout's parameters.
     """
     packed = pack(prefix_tokens, traj, pad_id)
     ref_logp = score_packed(ref_params, model_cfg, packed, temperature=temperature)
+    old_logp = traj.logprobs
+    if forced_turns:
+        scored = score_packed(params, model_cfg, packed, temperature=temperature)
+        old_logp = jnp.where(traj.forced[..., None], scored, old_logp)
     rewards = traj.train_rewards
     if rl.normalize_rewards:
         env_part = adv_lib.normalize_rewards(traj.env_rewards)
         rewards = env_part + (traj.train_rewards - traj.env_rewards)
-    batch = {"packed": packed, "mask": token_mask(traj), "old_logp": traj.logprobs, "ref_logp": ref_logp}
+    batch = {"packed": packed, "mask": token_mask(traj), "old_logp": old_logp, "ref_logp": ref_logp}
     if rl.advantage == "gae":
         _, values = score_packed(params, model_cfg, packed, temperature=temperature, with_values=True)
         advantages, returns = adv_lib.gae(rewards, values, traj.done, jnp.zeros(values.shape[0]), gamma=rl.gamma,

@@ -16,7 +16,7 @@ from jaxagent.config import ConfigError
 from jaxagent.experts import Expert
 from jaxagent.optim import make_optimizer
 from jaxagent.runlog import RunLog
-from jaxagent.train_step import create_train_state, make_train_step
+from jaxagent.train_step import create_train_state, make_train_step, shardings_of
 from jaxagent.trainers import batches
 from jaxagent.trainers.loop import fit, resume, split_updates
 
@@ -38,6 +38,13 @@ def micro_batches(micro_batch_size: int | None, episodes: int, num_steps: int, k
     return episodes // per
 
 
+def _check_batch_split(episodes: int, mesh, key: str) -> None:
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if episodes % shards:
+        raise ConfigError(f"config key '{key}': an update's {episodes} episodes do not split over the mesh's "
+                          f"data x fsdp = {shards} devices")
+
+
 def _draw(pool, key, n: int):
     size = jax.tree.leaves(pool)[0].shape[0]
     idx = jax.random.choice(key, size, (n,), replace=size < n)
@@ -53,6 +60,7 @@ def train_sft(exp, params, directory: Path, log: RunLog, evaluate=None):
                     reasoning=s.target == "thought_cloning")
     episodes = episodes_per_update(s.batch_size, loop.num_steps)
     k = micro_batches(s.micro_batch_size, episodes, loop.num_steps, "sft.micro_batch_size")
+    _check_batch_split(episodes // k, exp.mesh, "sft.batch_size")
     key = jax.random.key(cfg.run.seed)
     pool = exp.pool(jax.random.fold_in(key, 1), cfg.env.pool_size)
     prefix = exp.renderer.prefix[0]
@@ -64,9 +72,10 @@ def train_sft(exp, params, directory: Path, log: RunLog, evaluate=None):
         return batches.sft_batch(prefix, traj, exp.tokenizer.pad_id)
 
     optimizer = make_optimizer(cfg.optim, s.num_updates)
-    step_fn = make_train_step(batches.sft_loss(exp.model_cfg), optimizer, num_micro_batches=k)
     checkpointer = Checkpointer(directory / "checkpoints", keep=cfg.run.keep_checkpoints)
     state = resume(checkpointer, create_train_state(params, optimizer))
+    step_fn = make_train_step(batches.sft_loss(exp.model_cfg), optimizer, num_micro_batches=k,
+                              state_sharding=shardings_of(state), batch_sharding=exp.batch_sharding())
     state = fit("sft", state, total_updates=s.num_updates, key=jax.random.fold_in(key, 2),
                 make_data=lambda key, _: ([make_batch(key)], {}), train_step=step_fn, log=log,
                 checkpointer=checkpointer, checkpoint_every=cfg.run.checkpoint_every, log_every=cfg.run.log_every,
@@ -81,6 +90,7 @@ def train_rlft(exp, params, directory: Path, log: RunLog, evaluate=None):
     episodes = episodes_per_update(rl.batch_size, loop.num_steps, r.envs_per_rollout)
     updates_per_rollout = r.envs_per_rollout // episodes * rl.epochs
     k = micro_batches(rl.micro_batch_size, episodes, loop.num_steps, "rl.micro_batch_size")
+    _check_batch_split(episodes // k, exp.mesh, "rl.batch_size")
     key = jax.random.key(cfg.run.seed + 1)
     pool = exp.pool(jax.random.fold_in(key, 1), cfg.env.pool_size)
     prefix, ref_params = exp.renderer.prefix[0], params
@@ -90,7 +100,7 @@ def train_rlft(exp, params, directory: Path, log: RunLog, evaluate=None):
         k_draw, k_play = jax.random.split(key)
         traj = loop.rollout(params, _draw(pool, k_draw, r.envs_per_rollout), k_play)
         batch = batches.rl_batch(params, ref_params, exp.model_cfg, rl, prefix, traj, exp.tokenizer.pad_id,
-                                 loop.temperature)
+                                 loop.temperature, forced_turns=loop.exploration is not None)
         stats = {"rollout/env_reward": traj.env_rewards.sum(1).mean(),
                  "rollout/train_reward": traj.train_rewards.sum(1).mean(),
                  "rollout/invalid_rate": 1.0 - traj.valid.mean(),
@@ -105,10 +115,11 @@ def train_rlft(exp, params, directory: Path, log: RunLog, evaluate=None):
         return minibatches * rl.epochs, {k: float(v) for k, v in stats.items()}
 
     optimizer = make_optimizer(cfg.optim, rl.num_updates)
-    step_fn = make_train_step(batches.rl_loss(exp.model_cfg, rl, loop.temperature), optimizer,
-                              num_micro_batches=k, weights=batches.rl_weights(rl))
     checkpointer = Checkpointer(directory / "checkpoints", keep=cfg.run.keep_checkpoints)
     state = resume(checkpointer, create_train_state(params, optimizer))
+    step_fn = make_train_step(batches.rl_loss(exp.model_cfg, rl, loop.temperature), optimizer,
+                              num_micro_batches=k, weights=batches.rl_weights(rl),
+                              state_sharding=shardings_of(state), batch_sharding=exp.batch_sharding())
     if rl.num_updates % updates_per_rollout:
         raise ConfigError(f"config key 'rl.num_updates': {rl.num_updates} is not a multiple of the "
                           f"{updates_per_rollout} updates each rollout gives")

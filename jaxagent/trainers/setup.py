@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,11 @@ import jax.numpy as jnp
 import envs_jax
 from jaxagent.config import ConfigError
 from jaxagent.experiment import ExperimentConfig
-from jaxagent.model import GemmaConfig, init_params, load_policy
+from jaxagent.experts import ExplorationOverride
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxagent.model import GemmaConfig, init_params, load_policy, make_mesh, param_shardings
+from jaxagent.model.sharding import BATCH
 from jaxagent.model.policy import DTYPES
 from jaxagent.rollout import AgentLoop
 from jaxagent.text import PromptOptions, load_tokenizer, make_parser, make_renderer, shipped_tokenizer
@@ -20,6 +25,7 @@ from jaxagent.text import PromptOptions, load_tokenizer, make_parser, make_rende
 @dataclasses.dataclass
 class Experiment:
     cfg: ExperimentConfig
+    mesh: Mesh
     env: Any
     tokenizer: Any
     renderer: Any
@@ -36,6 +42,19 @@ class Experiment:
     @property
     def labels(self) -> tuple[str, ...]:
         return self.renderer.labels
+
+    def batch_sharding(self) -> NamedSharding:
+        """Per-episode arrays: leading axis over the mesh's ("data", "fsdp") axes."""
+        return NamedSharding(self.mesh, PartitionSpec(BATCH))
+
+
+def make_experiment_mesh(sizes: tuple[int, int, int]) -> Mesh:
+    """The (data, fsdp, tensor) mesh of ``model.mesh``; one size may be -1 (all remaining devices)."""
+    n = jax.device_count()
+    known = math.prod(s for s in sizes if s != -1)
+    if n % known:
+        raise ConfigError(f"config key 'model.mesh': {list(sizes)} does not divide the {n} devices")
+    return make_mesh(*(n // known if s == -1 else s for s in sizes))
 
 
 def _tokenizer(cfg: ExperimentConfig):
@@ -54,12 +73,12 @@ def _renderer(env, tokenizer, cfg: ExperimentConfig):
     return make_renderer(env, tokenizer, options, params=env.default_params)
 
 
-def _model(cfg: ExperimentConfig, vocab_size: int):
+def _model(cfg: ExperimentConfig, vocab_size: int, mesh: Mesh):
     m = cfg.model
     if m.checkpoint is not None:
         if not Path(m.checkpoint).exists():
             raise ConfigError(f"config key 'model.checkpoint': directory not found: {m.checkpoint}")
-        policy = load_policy(m.checkpoint, m.dtype)
+        policy = load_policy(m.checkpoint, m.dtype, mesh=mesh)
         model_cfg, params = policy.cfg, policy.params
     else:
         try:
@@ -73,10 +92,13 @@ def _model(cfg: ExperimentConfig, vocab_size: int):
     if m.value_head and "value_head" not in params:
         params = {**params, "value_head": {"w": jnp.zeros((model_cfg.d_model,), params["embed"].dtype),
                                            "b": jnp.zeros((), params["embed"].dtype)}}
-    return model_cfg, params
+    return model_cfg, jax.device_put(params, param_shardings(mesh, params))
 
 
 def build(cfg: ExperimentConfig) -> Experiment:
+    if cfg.run.distributed:
+        jax.distributed.initialize()
+    mesh = make_experiment_mesh(cfg.model.mesh)
     try:
         env = envs_jax.make_env(cfg.env.name, **cfg.env.options)
     except envs_jax.EnvError as e:
@@ -84,12 +106,19 @@ def build(cfg: ExperimentConfig) -> Experiment:
     tokenizer = _tokenizer(cfg)
     renderer = _renderer(env, tokenizer, cfg)
     parser = make_parser(renderer)
-    model_cfg, params = _model(cfg, tokenizer.vocab_size)
+    model_cfg, params = _model(cfg, tokenizer.vocab_size, mesh)
     r = cfg.rollout
+    exploration = None
+    if r.try_all or r.epsilon_greedy:
+        if not hasattr(env, "num_arms"):
+            raise ConfigError("config keys 'rollout.try_all' / 'rollout.epsilon_greedy' apply to bandits only")
+        exploration = ExplorationOverride(tokenizer, renderer.labels, env.horizon, r.try_all,
+                                          r.epsilon if r.epsilon_greedy else 0.0)
     num_steps = env.horizon if cfg.env.num_steps is None else cfg.env.num_steps
     train_loop = AgentLoop(env, renderer, parser, model_cfg, num_steps=num_steps, max_new_tokens=r.max_new_tokens,
                            stop_tokens=tokenizer.stop_ids, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
                            invalid_penalty=-r.invalid_penalty,
-                           exploration_bonus=r.exploration_bonus_value if r.exploration_bonus else 0.0)
+                           exploration_bonus=r.exploration_bonus_value if r.exploration_bonus else 0.0,
+                           exploration=exploration)
     eval_loop = dataclasses.replace(train_loop, temperature=cfg.eval.temperature, top_k=0, top_p=1.0)
-    return Experiment(cfg, env, tokenizer, renderer, parser, model_cfg, params, train_loop, eval_loop)
+    return Experiment(cfg, mesh, env, tokenizer, renderer, parser, model_cfg, params, train_loop, eval_loop)
