@@ -1,0 +1,56 @@
+"""End-to-end trainer behaviour on a tiny set-up: exact resume after an interruption, clear errors."""
+import jax
+import numpy as np
+import pytest
+
+from jaxagent.config import ConfigError
+from jaxagent.experiment import load_experiment
+from jaxagent.runlog import RunLog
+from jaxagent.trainers import phases
+from jaxagent.trainers.setup import build
+
+TINY = ["model.preset=nano", "model.tokenizer=shipped", "env.options={num_arms: 3, horizon: 3}", "env.pool_size=8",
+        "rollout.max_new_tokens=24", "sft.expert=ucb", "sft.rationale_stats=false", "sft.batch_size=6",
+        "sft.num_updates=4", "optim.name=adamw", "optim.learning_rate=0.01", "optim.warmup_steps=1",
+        "run.checkpoint_every=2", "run.log_every=1"]
+
+
+def _train(tmp_path, name, interrupt_at=None, monkeypatch=None):
+    cfg = load_experiment(None, TINY + [f"run.output_dir={tmp_path}", f"run.name={name}"])
+    exp = build(cfg)
+    if interrupt_at is not None:
+        real_fit = phases.fit
+
+        def fit_until(*args, train_step, **kw):
+            def step(state, batch):
+                if int(state.step) == interrupt_at:
+                    raise KeyboardInterrupt
+                return train_step(state, batch)
+            return real_fit(*args, train_step=step, **kw)
+        monkeypatch.setattr(phases, "fit", fit_until)
+    with RunLog(cfg.run.directory, cfg, {"run": 0}) as log:
+        return phases.train_sft(exp, exp.init_params, cfg.run.directory / "sft", log)
+
+
+def test_interrupted_sft_resumes_to_the_same_parameters(tmp_path, monkeypatch):
+    straight = _train(tmp_path, "straight")
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path, "resumed", interrupt_at=3, monkeypatch=monkeypatch)
+    monkeypatch.undo()
+    resumed = _train(tmp_path, "resumed")
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    moved = any(not np.allclose(a, b) for a, b in
+                zip(jax.tree.leaves(straight), jax.tree.leaves(build(load_experiment(None, TINY)).init_params)))
+    assert moved
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("model.checkpoint=/nonexistent/gemma", "model.checkpoint"),
+    ("env.name=bandit-gaussianx", "env"),
+    ("model.preset=gemma2-3b", "model.preset"),
+    ("model.mesh=[3,1,1]", "model.mesh"),
+])
+def test_bad_experiment_settings_fail_at_set_up_naming_the_key(override, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
+        build(load_experiment(None, TINY + [override]))
