@@ -6,7 +6,8 @@ Step ``t`` of an episode sees ``prefix ++ line_1 … line_t ++ tail_t`` and gene
 1. the *shared* sequence ``prefix | line_1 | line_2 | …`` of each episode row goes through the model once
    (causal, and a line never sees the lines of an earlier episode in the same row);
 2. each step's *private* tokens ``tail_t ++ gen_t`` become their own row, attending to its own tokens and to
-   the shared keys/values it saw when it was generated (prefix and lines up to ``line_t``, same episode).
+   the shared keys/values it saw when it was generated (prefix and lines up to ``line_t``, same episode),
+   read in place: the episode's keys/values are not repeated per step.
 
 Positions are those the tokens had in their own context, so the log-probs of ``gen_t`` equal those of scoring
 step ``t``'s context alone, at the cost of one pass over the history plus one short row per step.
@@ -88,10 +89,8 @@ def score_packed(params, cfg: GemmaConfig, packed: PackedEpisodes, *, temperatur
     ``with_values``, the value head at each step's last prompt token ``[B, T]``."""
     B, T, W = packed.private_tokens.shape
     _, k, v = transformer(params, cfg, packed.shared_tokens, packed.shared_positions, self_mask=packed.shared_mask)
-    per_step = lambda x: jnp.repeat(x, T, axis=1)  # [L, B, S, K, hd] -> [L, B*T, S, K, hd]
-    to_block = lambda x: jnp.swapaxes(per_step(x), 2, 3)  # -> [L, B*T, K, S, hd]
-    key_positions = jnp.repeat(packed.shared_positions, T, axis=0)
-    block = (to_block(k), to_block(v), key_positions, packed.visible.reshape(B * T, -1))
+    # Each episode row's shared keys/values serve its T step rows as they are, without a per-step copy.
+    block = (jnp.swapaxes(k, 2, 3), jnp.swapaxes(v, 2, 3), packed.shared_positions, packed.visible.reshape(B * T, -1))
     h, _, _ = transformer(params, cfg, packed.private_tokens.reshape(B * T, W),
                           packed.private_positions.reshape(B * T, W), blocks=(block,))
     tail = packed.tail_lengths.reshape(B * T, 1)

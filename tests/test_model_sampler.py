@@ -211,3 +211,32 @@ def test_self_mask_packs_independent_sequences_in_one_row(model):
     for seq, sl in ((a, slice(0, 13)), (b, slice(13, 24))):
         alone, _, _ = transformer(params, cfg, jnp.asarray(seq[None], jnp.int32), jnp.arange(len(seq))[None])
         np.testing.assert_allclose(np.asarray(h[0, sl]), np.asarray(alone[0]), atol=1e-5)
+
+
+def test_block_shared_by_several_rows_equals_each_rows_own_context(model):
+    """Block row i serves query rows 3i..3i+2; each query row sees its own prefix of the block's keys."""
+    from jaxagent.model import transformer
+
+    cfg, params = model
+    rng = np.random.default_rng(7)
+    P, W, R = 20, 5, 3
+    shared = rng.integers(3, cfg.vocab_size, size=(2, P)).astype(np.int32)
+    chunks = rng.integers(3, cfg.vocab_size, size=(2 * R, W)).astype(np.int32)
+    seen = np.array([P, P - 4, 9, P, 1, P - 7])  # shared keys visible to each query row
+    _, k, v = transformer(params, cfg, jnp.asarray(shared), jnp.broadcast_to(jnp.arange(P), (2, P)))
+    block = (jnp.swapaxes(k, 2, 3), jnp.swapaxes(v, 2, 3), jnp.broadcast_to(jnp.arange(P), (2, P)),
+             jnp.asarray(np.arange(P)[None, :] < seen[:, None]))
+    positions = jnp.broadcast_to(P + jnp.arange(W), (2 * R, W))
+    h, _, _ = transformer(params, cfg, jnp.asarray(chunks), positions, blocks=(block,))
+    for row in range(2 * R):
+        context = np.concatenate([shared[row // R, :seen[row]], chunks[row]])[None]
+        context_positions = np.concatenate([np.arange(seen[row]), P + np.arange(W)])[None]
+        alone, _, _ = transformer(params, cfg, jnp.asarray(context), jnp.asarray(context_positions))
+        np.testing.assert_allclose(np.asarray(h[row]), np.asarray(alone[0, -W:]), atol=1e-5)
+
+
+def test_argmax_takes_the_first_maximum():
+    from jaxagent.model.sampler import _argmax
+
+    x = np.array([[0.0, 3.0, 3.0, -np.inf], [-np.inf, -np.inf, -1.0, -1.0], [2.0, 1.0, 2.0, 0.0]], np.float32)
+    np.testing.assert_array_equal(np.asarray(_argmax(jnp.asarray(x))), np.argmax(x, axis=-1))

@@ -92,7 +92,7 @@ def _softcap(x: jax.Array, cap: float | None) -> jax.Array:
 
 
 def _qk(q, k):
-    """Scores ``[B, K, G, T, S]`` of queries ``[B, T, K, G, hd]`` against stored keys ``[B, K, S, hd]``."""
+    """Scores ``[Bk, K, G, R*T, S]`` of queries ``[Bk, R*T, K, G, hd]`` against stored keys ``[Bk, K, S, hd]``."""
     if q.shape[1] == 1:  # decoding: a fused multiply-reduce streams the keys once, cheaper than tiny batched dots
         prod = q[:, 0, :, :, None, :].astype(jnp.float32) * k[:, :, None, :, :].astype(jnp.float32)
         return jnp.sum(prod, axis=-1)[:, :, :, None, :]
@@ -100,19 +100,34 @@ def _qk(q, k):
 
 
 def _pv(p, v):
-    """Attention output ``[B, T, K, G, hd]`` of probabilities ``[B, K, G, T, S]`` over stored values ``[B, K, S, hd]``."""
+    """Output ``[Bk, R*T, K, G, hd]`` of probabilities ``[Bk, K, G, R*T, S]`` over stored values ``[Bk, K, S, hd]``."""
     if p.shape[3] == 1:
         prod = p[:, :, :, 0, :, None].astype(jnp.float32) * v[:, :, None, :, :].astype(jnp.float32)
         return jnp.sum(prod, axis=3)[:, None].astype(v.dtype)
     return jnp.einsum("bkgts,bksh->btkgh", p, v)
 
 
+def _to_rows(stat: jax.Array, rows: int) -> jax.Array:
+    """``[Bk, K, G, R*T, 1]`` per-query statistics of a shared block -> ``[B, K, G, T, 1]``, ``B = Bk * R``."""
+    Bk, K, G, RT, _ = stat.shape
+    stat = stat.reshape(Bk, K, G, rows // Bk, RT * Bk // rows)
+    return jnp.moveaxis(stat, 3, 1).reshape(rows, K, G, -1, 1)
+
+
+def _from_rows(stat: jax.Array, shared_by: int) -> jax.Array:
+    """Inverse of :func:`_to_rows` for a block shared by ``shared_by`` consecutive query rows."""
+    B, K, G, T, _ = stat.shape
+    stat = stat.reshape(B // shared_by, shared_by, K, G, T)
+    return jnp.moveaxis(stat, 1, 3).reshape(B // shared_by, K, G, shared_by * T, 1)
+
+
 def _attention(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None):
     """Attention of the chunk ``x[B, T, D]`` over stored key/value ``blocks`` and over the chunk itself.
 
-    Each block is ``(k [B, K, S, hd], v, key_positions [B, S], valid [B, S])``; all blocks and the chunk are
-    parts of one softmax, so stored keys/values are only read. Returns the output and the chunk's keys/values
-    ``[B, T, K, hd]`` for the caller to store.
+    Each block is ``(k [Bk, K, S, hd], v, key_positions [Bk, S], valid [B, S])`` where ``Bk`` divides ``B``:
+    block row ``i`` is shared by query rows ``i * B/Bk ...`` (e.g. one episode's history seen by each of its
+    steps), without repeating it. All blocks and the chunk are parts of one softmax, so stored keys/values are
+    only read. Returns the output and the chunk's keys/values ``[B, T, K, hd]`` for the caller to store.
     """
     B, T, _ = x.shape
     K, G = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
@@ -120,28 +135,37 @@ def _attention(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None
     k = rope(jnp.einsum("btd,dkh->btkh", x, p["k"]), positions, cfg.rope_theta)
     v = jnp.einsum("btd,dkh->btkh", x, p["v"])
     q = (q * jnp.asarray(cfg.query_scale, q.dtype)).reshape(B, T, K, G, cfg.head_dim)
-    qpos = positions[:, None, None, :, None]
 
-    def masked(scores, key_positions, valid=None, allowed=None):
-        kpos = key_positions[:, None, None, None, :]
-        ok = kpos <= qpos if allowed is None else allowed[:, None, None, :, :]
-        if valid is not None:
-            ok &= valid[:, None, None, None, :]
+    def scores_of(bk, key_positions, valid):
+        """Masked, soft-capped scores ``[Bk, K, G, R*T, S]`` of a block shared by ``R`` query rows."""
+        Bk, S = key_positions.shape
+        R = B // Bk
+        scores = _qk(q.reshape(Bk, R * T, K, G, cfg.head_dim), bk)
+        qpos = positions.reshape(Bk, 1, 1, R, T, 1)
+        kpos = key_positions.reshape(Bk, 1, 1, 1, 1, S)
+        ok = (kpos <= qpos) & valid.reshape(Bk, 1, 1, R, 1, S)
+        if window is not None:
+            ok &= qpos - kpos < window
+        capped = _softcap(scores, cfg.attn_logit_softcap).reshape(Bk, K, G, R, T, S)
+        return jnp.where(ok, capped, NEG_INF).reshape(scores.shape)
+
+    def self_scores():
+        scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32)
+        qpos, kpos = positions[:, None, None, :, None], positions[:, None, None, None, :]
+        ok = kpos <= qpos if self_mask is None else self_mask[:, None, None]
         if window is not None:
             ok &= qpos - kpos < window
         return jnp.where(ok, _softcap(scores, cfg.attn_logit_softcap), NEG_INF)
 
     # One softmax over all blocks, without concatenating them: shared max, per-block exp and sums.
-    scores = [masked(_qk(q, bk), kp, ok) for bk, _, kp, ok in blocks]
-    values = [bv for _, bv, _, _ in blocks]
-    scores.append(masked(jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32), positions,
-                         allowed=self_mask))
-    top = functools.reduce(jnp.maximum, [jnp.max(s, axis=-1, keepdims=True) for s in scores])
-    weights = [jnp.exp(s - top) for s in scores]
-    total = sum(jnp.sum(w, axis=-1, keepdims=True) for w in weights)
+    scores = [scores_of(bk, kp, ok) for bk, _, kp, ok in blocks] + [self_scores()]
+    shared_by = [B // s.shape[0] for s in scores]
+    top = functools.reduce(jnp.maximum, [_to_rows(jnp.max(s, axis=-1, keepdims=True), B) for s in scores])
+    weights = [jnp.exp(s - _from_rows(top, r)) for s, r in zip(scores, shared_by)]
+    total = sum(_to_rows(jnp.sum(w, axis=-1, keepdims=True), B) for w in weights)
     out = jnp.einsum("bkgts,bskh->btkgh", (weights[-1] / total).astype(x.dtype), v)
-    for w, bv in zip(weights, values):
-        out = out + _pv((w / total).astype(x.dtype), bv)
+    for w, r, (_, bv, _, _) in zip(weights, shared_by, blocks):
+        out = out + _pv((w / _from_rows(total, r)).astype(x.dtype), bv).reshape(out.shape)
     out = out.reshape(B, T, cfg.num_heads, cfg.head_dim)
     return jnp.einsum("btnh,nhd->btd", out, p["o"]), k, v
 
@@ -163,7 +187,8 @@ def transformer(params, cfg: GemmaConfig, tokens, positions, blocks=(), self_mas
     """Final-normed hidden states ``[B, T, D]`` and the chunk's keys/values ``[L, B, T, K, hd]``.
 
     ``blocks``: stored keys/values the chunk attends to besides itself, each
-    ``(k [L, B, K, S, hd], v, key_positions [B, S], valid [B, S])``. Within the chunk, token ``t`` attends to
+    ``(k [L, Bk, K, S, hd], v, key_positions [Bk, S], valid [B, S])``; ``Bk`` divides ``B`` and block row ``i``
+    serves query rows ``i * B/Bk`` to ``(i + 1) * B/Bk - 1``. Within the chunk, token ``t`` attends to
     token ``s`` when ``positions[s] <= positions[t]``, or, if given, where ``self_mask[b, t, s]`` (bool
     ``[B, T, T]``, e.g. several episodes packed in one row); the sliding window applies to positions either way.
     """
@@ -182,6 +207,10 @@ def transformer(params, cfg: GemmaConfig, tokens, positions, blocks=(), self_mas
         return x, jax.tree.map(lambda *a: jnp.stack(a), *new_kv)
 
     kv_xs = [(_pairs(bk), _pairs(bv)) for bk, bv, _, _ in blocks]
+    # Under differentiation, keep only the weight matmuls' outputs: the [.., T, S] attention scores are cheaper to
+    # recompute in the backward pass than to store for every layer.
+    pair_step = jax.checkpoint(pair_step, prevent_cse=False,
+                               policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
     x, (new_k, new_v) = jax.lax.scan(pair_step, x, (layers, kv_xs))
     x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
     return x, new_k.reshape(-1, *new_k.shape[2:]), new_v.reshape(-1, *new_v.shape[2:])

@@ -65,6 +65,12 @@ def _filter(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
     return logits
 
 
+def _argmax(x: jax.Array) -> jax.Array:
+    """``argmax(x, -1)`` (first maximum) as two vectorised reductions; XLA's fused arg-reduce is far slower on CPU."""
+    top = jnp.max(x, axis=-1, keepdims=True)
+    return jnp.min(jnp.where(x == top, jnp.arange(x.shape[-1], dtype=jnp.int32), x.shape[-1]), axis=-1)
+
+
 def token_logprobs(logits: jax.Array, tokens: jax.Array, temperature: float) -> jax.Array:
     """``log_softmax(logits / temperature)[tokens]`` in float32; temperature 0 (greedy) counts as 1."""
     t = temperature if temperature > 0 else 1.0
@@ -97,9 +103,11 @@ def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key
         i, gen_k, gen_v, logits, key, toks, logps, lengths, done = state
         key, sub = jax.random.split(key)
         if temperature > 0:
-            tok = jax.random.categorical(sub, _filter(logits / temperature, top_k, top_p), axis=-1)
+            # Gumbel-max: the same draw as jax.random.categorical(sub, ...).
+            filtered = _filter(logits / temperature, top_k, top_p)
+            tok = _argmax(filtered + jax.random.gumbel(sub, filtered.shape, filtered.dtype))
         else:
-            tok = jnp.argmax(logits, axis=-1)
+            tok = _argmax(logits)
         tok = jnp.where(done, cfg.pad_id, tok).astype(jnp.int32)
         lp = jnp.where(done, 0.0, token_logprobs(logits, tok, temperature))
         written = jnp.broadcast_to(jnp.arange(G) < i, (B, G))
