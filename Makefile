@@ -13,7 +13,7 @@ $(BIN)/jaxagent: pyproject.toml
 	touch $(BIN)/jaxagent
 
 demo: $(BIN)/jaxagent
-	$(BIN)/jaxagent sweep configs/sweeps/mab_baselines.yaml
+	$(BIN)/jaxagent train configs/quickstart.yaml
 
 test: $(BIN)/jaxagent
 	$(BIN)/python -m pytest

@@ -127,6 +127,7 @@ class RLConfig:
     normalize_advantages: bool = False
     value_coef: float = 0.5
     value_clip: float | None = None
+    learning_rate: float | None = None     # this phase's peak learning rate; None = optim.learning_rate
 
     def validate(self) -> None:
         _check_batching(self, "rl")
@@ -152,6 +153,7 @@ class SFTConfig:
     batch_size: int = 128                  # step contexts per update; fresh expert episodes every update
     micro_batch_size: int | None = None
     num_updates: int = 1000
+    learning_rate: float | None = None     # this phase's peak learning rate; None = optim.learning_rate
 
     def validate(self) -> None:
         _check_batching(self, "sft")

@@ -6,6 +6,7 @@ paper's 128 contexts of 50-step episodes, 16 per rollout, become 2 episodes = 10
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import jax
@@ -36,6 +37,13 @@ def micro_batches(micro_batch_size: int | None, episodes: int, num_steps: int, k
         raise ConfigError(f"config key '{key}': {micro_batch_size} contexts = {per} episodes, which does not "
                           f"divide the {episodes} episodes of an update")
     return episodes // per
+
+
+def _phase_optim(optim, learning_rate):
+    if learning_rate is None:
+        return optim
+    return dataclasses.replace(optim, learning_rate=learning_rate,
+                               final_learning_rate=min(optim.final_learning_rate, learning_rate))
 
 
 def _check_batch_split(episodes: int, mesh, key: str) -> None:
@@ -71,7 +79,7 @@ def train_sft(exp, params, directory: Path, log: RunLog, evaluate=None):
         traj = loop.expert_rollout(expert, _draw(pool, k_draw, episodes), k_play)
         return batches.sft_batch(prefix, traj, exp.tokenizer.pad_id)
 
-    optimizer = make_optimizer(cfg.optim, s.num_updates)
+    optimizer = make_optimizer(_phase_optim(cfg.optim, s.learning_rate), s.num_updates)
     checkpointer = Checkpointer(directory / "checkpoints", keep=cfg.run.keep_checkpoints)
     state = resume(checkpointer, create_train_state(params, optimizer))
     step_fn = make_train_step(batches.sft_loss(exp.model_cfg), optimizer, num_micro_batches=k,
@@ -114,7 +122,7 @@ def train_rlft(exp, params, directory: Path, log: RunLog, evaluate=None):
         minibatches = split_updates(batch, r.envs_per_rollout // episodes)
         return minibatches * rl.epochs, {k: float(v) for k, v in stats.items()}
 
-    optimizer = make_optimizer(cfg.optim, rl.num_updates)
+    optimizer = make_optimizer(_phase_optim(cfg.optim, rl.learning_rate), rl.num_updates)
     checkpointer = Checkpointer(directory / "checkpoints", keep=cfg.run.keep_checkpoints)
     state = resume(checkpointer, create_train_state(params, optimizer))
     step_fn = make_train_step(batches.rl_loss(exp.model_cfg, rl, loop.temperature), optimizer,
