@@ -210,7 +210,7 @@ def test_eight_device_mesh_matches_one_device():
     # XLA:CPU's concurrency-optimised scheduler lets one fake device run two collectives at once; with
     # 8 devices on a small host thread pool that can starve a device and deadlock the rendezvous.
     flags = "--xla_force_host_platform_device_count=8 --xla_cpu_enable_concurrency_optimized_scheduler=false"
-    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flags}", JAX_PLATFORMS="cpu")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run([sys.executable, __file__, "--mesh-equivalence"], env=env, capture_output=True,
