@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import envs_jax
-from jaxagent.bench.sampler import _floor_step, _make_checkpoint, _median_time
+from jaxagent.bench import median_seconds
+from jaxagent.bench.sampler import floor_step, make_checkpoint
 from jaxagent.model import load_hf
 from jaxagent.model.sampler import score
 from jaxagent.rollout import AgentLoop
@@ -46,7 +47,7 @@ def _ours(loop, env, params, batch: int, repeats: int):
     jax.block_until_ready(rollout(params, pool, jax.random.key(0)))
     first = time.perf_counter() - t
     keys = iter(jax.random.split(jax.random.key(1), repeats))
-    seconds = _median_time(lambda: jax.block_until_ready(rollout(params, pool, next(keys))), repeats)
+    seconds = median_seconds(lambda: jax.block_until_ready(rollout(params, pool, next(keys))), repeats)
     return seconds, first
 
 
@@ -94,7 +95,7 @@ def _train_tokens_per_s(params, cfg, path, batch: int, length: int, repeats: int
     grad = jax.jit(jax.grad(lambda p, x: -score(p, cfg, x).mean()))
     x = jnp.asarray(tokens, jnp.int32)
     jax.block_until_ready(grad(params, x))
-    ours = batch * length / _median_time(lambda: jax.block_until_ready(grad(params, x)), repeats)
+    ours = batch * length / median_seconds(lambda: jax.block_until_ready(grad(params, x)), repeats)
     row = {"ours_tokens_per_s": round(ours), "torch_tokens_per_s": None, "ratio": None,
            "shape": [batch, length]}
     if have_torch:
@@ -108,7 +109,7 @@ def _train_tokens_per_s(params, cfg, path, batch: int, length: int, repeats: int
             model.zero_grad(set_to_none=True)
             model(ids, labels=ids).loss.backward()
         step()
-        theirs = batch * length / _median_time(step, repeats)
+        theirs = batch * length / median_seconds(step, repeats)
         row.update(torch_tokens_per_s=round(theirs), ratio=round(ours / theirs, 2))
     return row
 
@@ -118,7 +119,7 @@ def run(quick: bool = False) -> dict:
     host_repeats = 1
     result = {}
     with tempfile.TemporaryDirectory() as path:
-        have_torch = _make_checkpoint(path)
+        have_torch = make_checkpoint(path)
         cfg, params = load_hf(path)
         tok, env, renderer, loop = _agent(cfg, horizon)
         hf_model = None
@@ -132,7 +133,7 @@ def run(quick: bool = False) -> dict:
         for batch in batches:
             seconds, first = _ours(loop, env, params, batch, repeats)
             ours = batch * horizon / seconds
-            floor = batch * horizon / (horizon * G * _floor_step(params, cfg, batch, repeats))
+            floor = batch * horizon / (horizon * G * floor_step(params, cfg, batch, repeats))
             row = {"ours_steps_per_s": round(ours, 1), "compile_s": round(first - seconds, 2),
                    "floor_steps_per_s": round(floor, 1), "fraction_of_floor": round(ours / floor, 2),
                    "host_steps_per_s": None, "ratio": None}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import statistics
 import tempfile
 import time
 
@@ -19,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxagent.bench import median_seconds
 from jaxagent.model import GemmaConfig, forward, generate, init_params, load_hf, save_hf
 from jaxagent.model.gemma import param_shapes
 
@@ -27,16 +27,7 @@ PROMPT, NEW = 64, 64
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
-def _make_checkpoint(path: str) -> bool:
+def make_checkpoint(path: str) -> bool:
     """Write the tiny checkpoint with HF (torch.manual_seed(0), default init); without torch, with our init."""
     cfg = GemmaConfig.preset("tiny")
     if importlib.util.find_spec("torch") is None:
@@ -52,7 +43,7 @@ def _make_checkpoint(path: str) -> bool:
     return True
 
 
-def _floor_step(params, cfg: GemmaConfig, batch: int, repeats: int) -> float:
+def floor_step(params, cfg: GemmaConfig, batch: int, repeats: int) -> float:
     """Seconds per decode step of the weight matmuls alone (no attention, norms or sampling)."""
     layers = params["layers"]
     mats = (layers["q"].reshape(cfg.num_layers, cfg.d_model, -1), layers["k"].reshape(cfg.num_layers, cfg.d_model, -1),
@@ -73,7 +64,7 @@ def _floor_step(params, cfg: GemmaConfig, batch: int, repeats: int) -> float:
 
     x = jnp.ones((batch, cfg.d_model), params["embed"].dtype)
     jax.block_until_ready(steps(mats, params["embed"], x))
-    return _median_time(lambda: jax.block_until_ready(steps(mats, params["embed"], x)), repeats) / NEW
+    return median_seconds(lambda: jax.block_until_ready(steps(mats, params["embed"], x)), repeats) / NEW
 
 
 def _ours(params, cfg, prompts, repeats):
@@ -82,7 +73,7 @@ def _ours(params, cfg, prompts, repeats):
     t = time.perf_counter()
     jax.block_until_ready(generate(*args, **kw))
     first = time.perf_counter() - t
-    seconds = _median_time(lambda: jax.block_until_ready(generate(*args, **kw)), repeats)
+    seconds = median_seconds(lambda: jax.block_until_ready(generate(*args, **kw)), repeats)
     return seconds, first, np.asarray(generate(*args, **kw)[1])
 
 
@@ -100,7 +91,7 @@ def _hf(path, prompts, repeats):
     t = time.perf_counter()
     out = call()
     first = time.perf_counter() - t
-    return _median_time(call, repeats), first, out[:, PROMPT:].numpy()
+    return median_seconds(call, repeats), first, out[:, PROMPT:].numpy()
 
 
 class _IdTokenizer:
@@ -146,7 +137,7 @@ def _tunix(path, prompts, repeats):
     t = time.perf_counter()
     out = call()
     first = time.perf_counter() - t
-    return _median_time(call, repeats), first, np.array([list(map(int, t.split())) for t in out.text])
+    return median_seconds(call, repeats), first, np.array([list(map(int, t.split())) for t in out.text])
 
 
 def _compile_seconds(cfg: GemmaConfig, batch: int = 8) -> dict:
@@ -173,14 +164,14 @@ def run(quick: bool = False) -> dict:
               "jaxtyping wadler_lindig google-metrax clu wrapt perfetto)")
     result = {}
     with tempfile.TemporaryDirectory() as path:
-        have_hf = _make_checkpoint(path)
+        have_hf = make_checkpoint(path)
         if not have_hf:
             print("HF column skipped: torch is not installed")
         cfg, params = load_hf(path)
         for batch in batches:
             prompts = np.random.default_rng(123 + batch).integers(3, cfg.vocab_size, size=(batch, PROMPT))
             seconds, first, tokens = _ours(params, cfg, prompts, repeats)
-            floor = _floor_step(params, cfg, batch, repeats)
+            floor = floor_step(params, cfg, batch, repeats)
             row = {"ours_tokens_per_s": round(batch * NEW / seconds), "compile_s": round(first - seconds, 2),
                    "ours_ms_per_token_step": round(1e3 * seconds / NEW, 3),
                    "floor_ms_per_step": round(1e3 * floor, 3), "fraction_of_floor": round(floor * NEW / seconds, 2)}

@@ -7,13 +7,13 @@ Both run in this process on the same states; medians over repeats, compile time 
 """
 from __future__ import annotations
 
-import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxagent.bench import median_seconds
 from jaxagent.text.bandit_prompt import BanditRenderer
 from jaxagent.text.parse import ActionParser, action_regex
 from jaxagent.text.render import PromptOptions
@@ -43,15 +43,6 @@ def _inputs(renderer, batch: int, seed: int = 0):
     return states, params, generated, np.asarray([min(len(r), BUDGET) for r in ids], np.int32)
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def run(quick: bool = False) -> dict:
     batch, host_batch, repeats = (512, 128, 3) if quick else (4096, 512, 5)
     ours_repeats = 5 * repeats  # a call takes ~0.1 s: more repeats steady the median on a shared machine
@@ -70,7 +61,7 @@ def run(quick: bool = False) -> dict:
     start = time.perf_counter()
     jax.block_until_ready(ours(*args))
     compile_s = time.perf_counter() - start
-    ours_s = _median_seconds(lambda: jax.block_until_ready(ours(*args)), ours_repeats)
+    ours_s = median_seconds(lambda: jax.block_until_ready(ours(*args)), ours_repeats)
 
     regex = action_regex(renderer.labels)
     rows = [jax.tree.map(lambda x: np.asarray(x)[b], (states, params)) for b in range(host_batch)]
@@ -83,7 +74,7 @@ def run(quick: bool = False) -> dict:
             matches = regex.findall(text)
             matches[-1:]
 
-    host_s = _median_seconds(host, repeats)
+    host_s = median_seconds(host, repeats)
     ours_per_s, host_per_s = batch / ours_s, host_batch / host_s
     result = {"batch": batch, "step": STEP, "arms": NUM_ARMS, "budget": BUDGET, "ours_per_s": round(ours_per_s),
               "host_per_s": round(host_per_s), "ratio": round(ours_per_s / host_per_s, 1),
