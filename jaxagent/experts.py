@@ -1,20 +1,23 @@
-"""Bandit experts that act and write their reasoning: UCB (the paper's thought-cloning expert), greedy, random.
+"""Experts that act and write their reasoning. Bandits: UCB (the paper's thought-cloning expert), greedy, random;
+tic-tac-toe: minimax.
 
 UCB plays every arm once, then the highest mean + sqrt(1/n) (the paper's rationale form); greedy plays the best
 mean so far (a random arm before anything was tried) — the behaviour the paper finds in LLMs; random is the
 lower bound. The reasoning text comes from :class:`jaxagent.text.rationale.RationaleRenderer` (jittable and
-token-exact); ``Expert.act`` is the call an agent loop makes in place of sampling from the model.
+token-exact); ``act`` is the call an agent loop makes in place of sampling from the model.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from jaxagent.text.fragments import Piece
+import envs_jax
+from jaxagent.text.fragments import Piece, Table, join
 from jaxagent.text.rationale import RationaleRenderer, ucb_values
-from jaxagent.text.tokenizer import TextError, TextTokenizer
+from jaxagent.text.tokenizer import END_OF_TURN, TextError, TextTokenizer
 
 EXPERTS = ("ucb", "greedy", "random")
+MINIMAX_REASON = "Square {} is a minimax move (win soonest, lose latest).\n"
 
 
 class Expert:
@@ -53,6 +56,22 @@ class Expert:
         """Host reference of the reasoning for ``action``."""
         means, ucb = ucb_values(counts, reward_sums)
         return self.rationale.text(counts, means, ucb, action)
+
+
+class MinimaxExpert:
+    """Tic-tac-toe minimax (random among equally good moves) with a one-line reason, or the action alone."""
+
+    def __init__(self, env, tokenizer: TextTokenizer, labels, reasoning: bool = True):
+        self.policy = envs_jax.baselines.make("minimax", env)
+        self.reasons = Table(tokenizer, [MINIMAX_REASON.format(label) for label in labels], "minimax reason")
+        self.actions = Table(tokenizer, [f"ACTION={label}{END_OF_TURN}" for label in labels], "action")
+        self.reasoning, self.pad_id = reasoning, tokenizer.pad_id
+        self.width = (self.reasons.width if reasoning else 0) + self.actions.width
+
+    def act(self, key, state, params) -> tuple[jax.Array, Piece]:
+        action = self.policy(key, state, params)
+        pieces = ([self.reasons(action)] if self.reasoning else []) + [self.actions(action)]
+        return action, join(pieces, self.pad_id)
 
 
 class ExplorationOverride:

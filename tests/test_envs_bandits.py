@@ -1,6 +1,5 @@
 """Bandits against an independent numpy reference, step for step on shared random streams, and statistically."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import special, stats

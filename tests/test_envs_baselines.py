@@ -138,7 +138,6 @@ def test_linucb_beats_random_on_the_contextual_bandit():
 def test_minimax_picks_wins_and_blocks():
     env, params = envs_jax.make("tictactoe")
     mm = baselines.make("minimax", env, random_ties=False)
-    from envs_jax.tictactoe import TicTacToeState
     _, s = env.reset(jax.random.key(0), params)
 
     def with_board(b):

@@ -208,7 +208,7 @@ def test_wrapper_step_for_step_against_python_reference(opponent, illegal):
     for episode in range(60):
         _, state = env.reset(jax.random.key(episode), params)
         board, done, t = [0] * 9, False, 0
-        boards_ref, actions_ref = [], []
+        boards_ref = []
         while not done:
             action = int(rng.integers(-1, 10)) if rng.random() < 0.2 else int(rng.choice(np.flatnonzero(
                 np.asarray(state.legal_mask))))

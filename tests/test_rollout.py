@@ -14,6 +14,7 @@ from jaxagent.text.bandit_prompt import BanditRenderer
 from jaxagent.text.parse import ActionParser
 from jaxagent.text.render import PromptOptions
 from jaxagent.text.tokenizer import shipped_tokenizer
+from jaxagent.trainers.batches import sft_batch
 
 TOK = shipped_tokenizer()
 CFG = GemmaConfig(vocab_size=TOK.vocab_size, num_layers=2, d_model=32, ffw_dim=64, num_heads=2, num_kv_heads=1,
@@ -95,3 +96,25 @@ def test_epsilon_greedy_forces_about_epsilon_of_the_turns():
     _, state = loop.env.reset(jax.random.key(0), row(pool, 0))
     forced, _ = jax.vmap(exploration, in_axes=(0, None))(jax.random.split(jax.random.key(5), 4000), state)
     assert abs(float(forced.mean()) - 0.3) < 0.03
+
+
+def test_sft_with_action_noise_trains_only_on_the_experts_turns():
+    loop, pool = make_loop(temperature=0.0)
+    expert = Expert("greedy", TOK, loop.renderer.labels, HORIZON, stats=False)
+    noise = ExplorationOverride(TOK, loop.renderer.labels, HORIZON, try_all=False, epsilon=0.5)
+    loop = dataclasses.replace(loop, exploration=noise, max_new_tokens=max(expert.width, noise.width))
+    traj = jax.jit(lambda p, k: loop.expert_rollout(expert, p, k))(pool, jax.random.key(6))
+    forced = np.asarray(traj.forced)
+    assert 0 < forced.mean() < 1
+    mask = np.asarray(sft_batch(loop.renderer.prefix[0], traj, TOK.pad_id)["mask"])
+    lengths = np.asarray(traj.lengths)
+    assert (mask[forced] == 0).all()
+    np.testing.assert_array_equal(mask[~forced].sum(-1), lengths[~forced])
+    # every unforced turn is the greedy expert's choice given the (noisy) history it saw
+    for b, t in zip(*np.nonzero(~forced)):
+        state = row(traj.states, b, t)
+        expected = TOK.encode(expert.text(state.counts, state.reward_sums, int(traj.actions[b, t])))
+        assert traj.tokens[b, t, : lengths[b, t]].tolist() == expected
+        if state.counts.any():
+            means = np.where(state.counts > 0, state.reward_sums / np.maximum(state.counts, 1), -np.inf)
+            assert traj.actions[b, t] == np.argmax(means)

@@ -54,3 +54,42 @@ def test_interrupted_sft_resumes_to_the_same_parameters(tmp_path, monkeypatch):
 def test_bad_experiment_settings_fail_at_set_up_naming_the_key(override, fragment):
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
         build(load_experiment(None, TINY + [override]))
+
+
+def test_tictactoe_sft_on_minimax_reports_win_draw_loss(tmp_path):
+    from jaxagent.trainers import train_from_config
+    summary = train_from_config(None, [
+        "trainer=sft", "env.name=tictactoe", "env.options={opponent: random}", "env.pool_size=8", "env.num_steps=6",
+        "model.preset=nano", "model.tokenizer=shipped", "rollout.max_new_tokens=32", "sft.expert=minimax",
+        "sft.batch_size=12", "sft.num_updates=2", "optim.name=adamw", "optim.warmup_steps=1", "eval.every=100",
+        "eval.num_episodes=8", f"run.output_dir={tmp_path}", "run.name=ttt"])
+    assert set(summary) == {"minimax", "sft"}
+    for row in summary.values():
+        assert abs(row["win"]["mean"] + row["draw"]["mean"] + row["loss"]["mean"] - 1.0) < 1e-6
+        assert row["win"]["games"] >= 1
+    # minimax never loses to the random opponent and never plays an illegal move
+    assert summary["minimax"]["loss"]["mean"] == 0.0 and summary["minimax"]["invalid"]["mean"] == 0.0
+    assert (tmp_path / "ttt" / "return.png").exists()
+
+
+def test_minimax_expert_text_parses_back_to_its_move():
+    import envs_jax
+    from jaxagent.experts import MinimaxExpert
+    from jaxagent.text import make_parser, make_renderer
+    from jaxagent.text.tokenizer import shipped_tokenizer
+    env = envs_jax.make_env("tictactoe", opponent="random")
+    tok = shipped_tokenizer()
+    renderer = make_renderer(env, tok)
+    parser = make_parser(renderer)
+    expert = MinimaxExpert(env, tok, renderer.labels)
+    params = env.sample_params(jax.random.key(0))
+    _, state = env.reset(jax.random.key(1), params)
+    for t in range(3):
+        action, (tokens, length) = expert.act(jax.random.key(t), state, params)
+        text = tok.decode(tokens[:length])
+        assert text == f"Square {int(action)} is a minimax move (win soonest, lose latest).\nACTION={int(action)}<end_of_turn>"
+        assert tokens[:length].tolist() == tok.encode(text)
+        assert parser.parse_reference(tokens[:length].tolist()) == int(action)
+        _, state, _, done, _, _ = env.step(jax.random.key(10 + t), state, action, params)
+        if done:
+            break

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from jaxagent.config import ConfigError
 from jaxagent.experiment import load_experiment
+from jaxagent.experts import Expert, MinimaxExpert
 from jaxagent.model import load_policy
 from jaxagent.model.policy import Policy
 from jaxagent.runlog import RunLog
@@ -13,13 +14,15 @@ from jaxagent.trainers.evaluate import Evaluator, print_table, summarise, write_
 from jaxagent.trainers.phases import train_rlft, train_sft
 from jaxagent.trainers.setup import build
 
-BASELINES = {"random": "random", "ucb": "ucb", "greedy_expert": "greedy"}
+BANDIT_BASELINES = {"random": "random", "ucb": "ucb", "greedy_expert": "greedy"}
 
 
 def _baselines(exp, evaluator: Evaluator) -> dict:
-    if not hasattr(exp.env, "num_arms"):
-        return {}
-    return {name: evaluator.expert(kind) for name, kind in BASELINES.items()}
+    """Reference players on the held-out instances: random / UCB / greedy for bandits, minimax for games."""
+    if evaluator.game:
+        return {"minimax": evaluator.expert(MinimaxExpert(exp.env, exp.tokenizer, exp.labels, reasoning=False))}
+    return {name: evaluator.expert(Expert(kind, exp.tokenizer, exp.labels, exp.env.horizon, stats=False))
+            for name, kind in BANDIT_BASELINES.items()}
 
 
 def _eval_scalars(evaluator: Evaluator):

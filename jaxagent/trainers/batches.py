@@ -23,7 +23,9 @@ def token_mask(traj) -> jax.Array:
 
 
 def sft_batch(prefix_tokens, traj, pad_id: int) -> dict:
-    return {"packed": pack(prefix_tokens, traj, pad_id), "mask": token_mask(traj)}
+    """Packed episodes and a loss mask on the expert's own turns (not on turns an exploration override wrote)."""
+    mask = token_mask(traj) * (1.0 - traj.forced[..., None].astype(jnp.float32))
+    return {"packed": pack(prefix_tokens, traj, pad_id), "mask": mask}
 
 
 def sft_loss(model_cfg: GemmaConfig):

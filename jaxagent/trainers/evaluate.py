@@ -13,24 +13,32 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxagent import metrics
-from jaxagent.experts import Expert
 
 
-def episode_curves(traj, num_actions: int) -> dict[str, np.ndarray]:
-    """Per-episode curves ``[B, T]`` from a trajectory."""
+def episode_curves(traj, num_actions: int, game: bool = False) -> dict[str, np.ndarray]:
+    """Per-row curves ``[B, T]`` from a trajectory; for games also the finished games' outcomes."""
     out = {"regret": metrics.cumulative_regret(traj.expected_reward, traj.best_expected_reward),
            "coverage": metrics.action_coverage(traj.actions, num_actions),
            "invalid": 1.0 - traj.valid.astype(jnp.float32),
            "return": jnp.cumsum(traj.env_rewards, axis=1)}
+    if game:
+        out["outcomes"] = metrics.game_outcomes(traj.env_rewards, traj.done)
     return jax.tree.map(np.asarray, out)
 
 
-def summarise(curves: dict[str, np.ndarray]) -> dict:
+def summarise(curves: dict) -> dict:
+    """Mean and 95%-CI half-width of the final regret, coverage and return and of the invalid rate; for games
+    also the win / draw / loss fractions of the finished games (normal-approximation intervals)."""
     out = {}
     for name in ("regret", "coverage", "invalid", "return"):
         mean, half = metrics.mean_ci95(jnp.asarray(curves[name][:, -1] if name != "invalid"
                                                    else curves[name].mean(axis=1)))
         out[name] = {"mean": float(mean), "ci95": float(half)}
+    if "outcomes" in curves:
+        games = max(int(curves["outcomes"]["episodes"]), 1)
+        for name in ("win", "draw", "loss"):
+            p = float(curves["outcomes"][name])
+            out[name] = {"mean": p, "ci95": 1.96 * float(np.sqrt(p * (1 - p) / games)), "games": games}
     return out
 
 
@@ -42,15 +50,16 @@ class Evaluator:
         pool_key, self.key = jax.random.split(jax.random.key(seed))
         self.pool = experiment.pool(pool_key, num_episodes)
         self._model = jax.jit(experiment.eval_loop.rollout)
+        self.game = not hasattr(experiment.env, "num_arms")
 
     def model(self, params) -> dict[str, np.ndarray]:
-        return episode_curves(self._model(params, self.pool, self.key), self.exp.env.num_actions)
+        return episode_curves(self._model(params, self.pool, self.key), self.exp.env.num_actions, self.game)
 
-    def expert(self, kind: str) -> dict[str, np.ndarray]:
+    def expert(self, expert) -> dict[str, np.ndarray]:
+        """Curves of an expert (anything with ``act`` and ``width``, see :mod:`jaxagent.experts`)."""
         exp = self.exp
-        expert = Expert(kind, exp.tokenizer, exp.labels, exp.env.horizon, stats=False)
         traj = jax.jit(lambda pool, key: exp.eval_loop.expert_rollout(expert, pool, key))(self.pool, self.key)
-        return episode_curves(traj, exp.env.num_actions)
+        return episode_curves(traj, exp.env.num_actions, self.game)
 
 
 def write_report(directory: Path, curves_by_method: dict[str, dict[str, np.ndarray]]) -> dict:
@@ -68,7 +77,10 @@ def _plot(directory: Path, curves_by_method) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    for metric, ylabel in (("regret", "cumulative regret"), ("coverage", "action coverage")):
+    game = all("outcomes" in curves for curves in curves_by_method.values())
+    plots = (("return", "cumulative return"),) if game else (("regret", "cumulative regret"),
+                                                             ("coverage", "action coverage"))
+    for metric, ylabel in plots:
         fig, ax = plt.subplots(figsize=(5.5, 3.8))
         for name, curves in curves_by_method.items():
             x = curves[metric]
@@ -87,8 +99,8 @@ def _plot(directory: Path, curves_by_method) -> None:
 
 
 def print_table(summary: dict) -> None:
-    print(f"{'method':<14}{'regret':>20}{'coverage':>20}{'invalid':>12}")
+    game = all("win" in row for row in summary.values())
+    columns = ("return", "win", "draw", "loss", "invalid") if game else ("regret", "coverage", "invalid")
+    print(f"{'method':<16}" + "".join(f"{c:>18}" for c in columns))
     for name, row in summary.items():
-        r, c, i = row["regret"], row["coverage"], row["invalid"]
-        print(f"{name:<14}{r['mean']:>11.2f} ± {r['ci95']:<6.2f}{c['mean']:>11.3f} ± {c['ci95']:<6.3f}"
-              f"{i['mean']:>12.3f}")
+        print(f"{name:<16}" + "".join(f"{row[c]['mean']:>10.3f} ± {row[c]['ci95']:<5.3f}" for c in columns))

@@ -10,11 +10,10 @@ import dataclasses
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 
 from jaxagent.checkpoint import Checkpointer
 from jaxagent.config import ConfigError
-from jaxagent.experts import Expert
+from jaxagent.experts import Expert, ExplorationOverride, MinimaxExpert
 from jaxagent.optim import make_optimizer
 from jaxagent.runlog import RunLog
 from jaxagent.train_step import create_train_state, make_train_step, shardings_of
@@ -59,13 +58,31 @@ def _draw(pool, key, n: int):
     return jax.tree.map(lambda x: x[idx], pool)
 
 
+def sft_expert(exp):
+    """The expert ``sft.expert`` names, checked against the env (bandit experts or minimax for games)."""
+    s, bandit = exp.cfg.sft, hasattr(exp.env, "num_arms")
+    allowed = ("ucb", "greedy") if bandit else ("minimax",)
+    if s.expert not in allowed:
+        raise ConfigError(f"config key 'sft.expert': {s.expert!r} is not an expert for {exp.cfg.env.name} "
+                          f"(expected one of {allowed})")
+    reasoning = s.target == "thought_cloning"
+    if bandit:
+        return Expert(s.expert, exp.tokenizer, exp.labels, exp.env.horizon, stats=s.rationale_stats,
+                      reasoning=reasoning)
+    return MinimaxExpert(exp.env, exp.tokenizer, exp.labels, reasoning)
+
+
 def train_sft(exp, params, directory: Path, log: RunLog, evaluate=None):
     cfg, loop = exp.cfg, exp.train_loop
     s = cfg.sft
-    if s.expert not in ("ucb", "greedy"):
-        raise ConfigError(f"config key 'sft.expert': {s.expert!r} experts are not available for {cfg.env.name}")
-    expert = Expert(s.expert, exp.tokenizer, exp.labels, exp.env.horizon, stats=s.rationale_stats,
-                    reasoning=s.target == "thought_cloning")
+    expert = sft_expert(exp)
+    # Action noise widens the states the expert's data covers (e.g. a greedy expert that saw several arms);
+    # the noisy turns are played but only the expert's own turns are trained on.
+    if s.action_noise and not hasattr(exp.env, "num_arms"):
+        raise ConfigError(f"config key 'sft.action_noise': applies to bandits only, not {cfg.env.name}")
+    noise = ExplorationOverride(exp.tokenizer, exp.labels, exp.env.horizon, try_all=False,
+                                epsilon=s.action_noise) if s.action_noise else None
+    loop = dataclasses.replace(loop, exploration=noise)
     episodes = episodes_per_update(s.batch_size, loop.num_steps)
     k = micro_batches(s.micro_batch_size, episodes, loop.num_steps, "sft.micro_batch_size")
     _check_batch_split(episodes // k, exp.mesh, "sft.batch_size")
