@@ -93,3 +93,9 @@ def test_minimax_expert_text_parses_back_to_its_move():
         _, state, _, done, _, _ = env.step(jax.random.key(10 + t), state, action, params)
         if done:
             break
+
+
+def test_exploration_mechanisms_shape_training_rollouts_only():
+    exp = build(load_experiment(None, TINY + ["rollout.epsilon_greedy=true", "rollout.try_all=true"]))
+    assert exp.train_loop.exploration is not None and exp.eval_loop.exploration is None
+    assert exp.eval_loop.temperature == 0.0

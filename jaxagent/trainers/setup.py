@@ -120,5 +120,7 @@ def build(cfg: ExperimentConfig) -> Experiment:
                            invalid_penalty=-r.invalid_penalty,
                            exploration_bonus=r.exploration_bonus_value if r.exploration_bonus else 0.0,
                            exploration=exploration)
-    eval_loop = dataclasses.replace(train_loop, temperature=cfg.eval.temperature, top_k=0, top_p=1.0)
+    # Evaluation plays the policy alone: no try-all / ε-greedy turns (training-time exploration mechanisms).
+    eval_loop = dataclasses.replace(train_loop, temperature=cfg.eval.temperature, top_k=0, top_p=1.0,
+                                    exploration=None)
     return Experiment(cfg, mesh, env, tokenizer, renderer, parser, model_cfg, params, train_loop, eval_loop)
