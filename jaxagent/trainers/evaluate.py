@@ -50,7 +50,7 @@ class Evaluator:
         pool_key, self.key = jax.random.split(jax.random.key(seed))
         self.pool = experiment.pool(pool_key, num_episodes)
         self._model = jax.jit(experiment.eval_loop.rollout)
-        self.game = not hasattr(experiment.env, "num_arms")
+        self.game = not experiment.bandit
 
     def model(self, params) -> dict[str, np.ndarray]:
         return episode_curves(self._model(params, self.pool, self.key), self.exp.env.num_actions, self.game)

@@ -60,13 +60,13 @@ def _draw(pool, key, n: int):
 
 def sft_expert(exp):
     """The expert ``sft.expert`` names, checked against the env (bandit experts or minimax for games)."""
-    s, bandit = exp.cfg.sft, hasattr(exp.env, "num_arms")
-    allowed = ("ucb", "greedy") if bandit else ("minimax",)
+    s = exp.cfg.sft
+    allowed = ("ucb", "greedy") if exp.bandit else ("minimax",)
     if s.expert not in allowed:
         raise ConfigError(f"config key 'sft.expert': {s.expert!r} is not an expert for {exp.cfg.env.name} "
                           f"(expected one of {allowed})")
     reasoning = s.target == "thought_cloning"
-    if bandit:
+    if exp.bandit:
         return Expert(s.expert, exp.tokenizer, exp.labels, exp.env.horizon, stats=s.rationale_stats,
                       reasoning=reasoning)
     return MinimaxExpert(exp.env, exp.tokenizer, exp.labels, reasoning)
@@ -78,7 +78,7 @@ def train_sft(exp, params, directory: Path, log: RunLog, evaluate=None):
     expert = sft_expert(exp)
     # Action noise widens the states the expert's data covers (e.g. a greedy expert that saw several arms);
     # the noisy turns are played but only the expert's own turns are trained on.
-    if s.action_noise and not hasattr(exp.env, "num_arms"):
+    if s.action_noise and not exp.bandit:
         raise ConfigError(f"config key 'sft.action_noise': applies to bandits only, not {cfg.env.name}")
     noise = ExplorationOverride(exp.tokenizer, exp.labels, exp.env.horizon, try_all=False,
                                 epsilon=s.action_noise) if s.action_noise else None

@@ -43,6 +43,11 @@ class Experiment:
     def labels(self) -> tuple[str, ...]:
         return self.renderer.labels
 
+    @property
+    def bandit(self) -> bool:
+        """A bandit (arms, counts, regret) rather than a game."""
+        return hasattr(self.env, "num_arms")
+
     def batch_sharding(self) -> NamedSharding:
         """Per-episode arrays: leading axis over the mesh's ("data", "fsdp") axes."""
         return NamedSharding(self.mesh, PartitionSpec(BATCH))
