@@ -95,6 +95,17 @@ def test_minimax_expert_text_parses_back_to_its_move():
             break
 
 
+def test_bandit_evaluation_reports_the_greedy_action_rate():
+    from jaxagent.experts import Expert
+    from jaxagent.trainers.evaluate import Evaluator, summarise
+    exp = build(load_experiment(None, TINY + ["env.options={num_arms: 3, horizon: 12}"]))
+    evaluator = Evaluator(exp, 16, seed=3)
+    rate = {kind: summarise(evaluator.expert(Expert(kind, exp.tokenizer, exp.labels, exp.env.horizon, stats=False)))
+            ["greedy"]["mean"] for kind in ("greedy", "ucb", "random")}
+    assert rate["greedy"] == 1.0
+    assert rate["random"] < rate["ucb"] < 1.0
+
+
 def test_exploration_mechanisms_shape_training_rollouts_only():
     exp = build(load_experiment(None, TINY + ["rollout.epsilon_greedy=true", "rollout.try_all=true"]))
     assert exp.train_loop.exploration is not None and exp.eval_loop.exploration is None

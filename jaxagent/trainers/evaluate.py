@@ -1,7 +1,8 @@
 """Paired evaluation on held-out instances: every method plays the same instances with the same env keys.
 
-Bandits: cumulative regret and action coverage by step; each method's summary is the mean and the
-95%-CI half-width over episodes of the final regret and coverage. Tic-tac-toe: return and win/draw/loss.
+Bandits: cumulative regret, action coverage and the greedy-action rate (the share of steps that pick an
+arm with the best average reward so far, the paper's measure of greediness) by step; each method's summary
+is the mean and the 95%-CI half-width over episodes of their final values. Tic-tac-toe: return and win/draw/loss.
 """
 from __future__ import annotations
 
@@ -23,14 +24,20 @@ def episode_curves(traj, num_actions: int, game: bool = False) -> dict[str, np.n
            "return": jnp.cumsum(traj.env_rewards, axis=1)}
     if game:
         out["outcomes"] = metrics.game_outcomes(traj.env_rewards, traj.done)
+    else:
+        greedy, defined = metrics.greedy_actions(traj.actions, traj.env_rewards, num_actions)
+        out["greedy"] = jnp.cumsum(greedy, axis=1) / jnp.maximum(jnp.cumsum(defined, axis=1), 1)
     return jax.tree.map(np.asarray, out)
 
 
 def summarise(curves: dict) -> dict:
-    """Mean and 95%-CI half-width of the final regret, coverage and return and of the invalid rate; for games
-    also the win / draw / loss fractions of the finished games (normal-approximation intervals)."""
+    """Mean and 95%-CI half-width of the final regret, coverage, return (and greedy-action rate, bandits) and of
+    the invalid rate; for games also the win / draw / loss fractions of the finished games (normal-approximation
+    intervals)."""
     out = {}
-    for name in ("regret", "coverage", "invalid", "return"):
+    for name in ("regret", "coverage", "invalid", "return", "greedy"):
+        if name not in curves:
+            continue
         mean, half = metrics.mean_ci95(jnp.asarray(curves[name][:, -1] if name != "invalid"
                                                    else curves[name].mean(axis=1)))
         out[name] = {"mean": float(mean), "ci95": float(half)}
@@ -100,7 +107,7 @@ def _plot(directory: Path, curves_by_method) -> None:
 
 def print_table(summary: dict) -> None:
     game = all("win" in row for row in summary.values())
-    columns = ("return", "win", "draw", "loss", "invalid") if game else ("regret", "coverage", "invalid")
+    columns = ("return", "win", "draw", "loss", "invalid") if game else ("regret", "coverage", "greedy", "invalid")
     print(f"{'method':<16}" + "".join(f"{c:>18}" for c in columns))
     for name, row in summary.items():
         print(f"{name:<16}" + "".join(f"{row[c]['mean']:>10.3f} ± {row[c]['ci95']:<5.3f}" for c in columns))
