@@ -38,6 +38,12 @@ def greedy_actions(actions: jax.Array, rewards: jax.Array, num_actions: int) -> 
     return mine_tried & (mine >= best) & defined, defined
 
 
+def greedy_rate_by_step(actions: jax.Array, rewards: jax.Array, num_actions: int) -> jax.Array:
+    """[..., T]: the greedy-action rate of each row over its steps up to t (steps with a tried action only)."""
+    greedy, defined = greedy_actions(actions, rewards, num_actions)
+    return jnp.cumsum(greedy, axis=-1) / jnp.maximum(jnp.cumsum(defined, axis=-1), 1)
+
+
 def greedy_action_rate(actions: jax.Array, rewards: jax.Array, num_actions: int) -> jax.Array:
     """Fraction of steps (with at least one action already tried) whose action is a greedy one."""
     greedy, defined = greedy_actions(actions, rewards, num_actions)

@@ -41,6 +41,8 @@ def test_greedy_actions_hand_computed():
     assert np.asarray(greedy).tolist() == [False, False, False, True, False]
     assert np.asarray(defined).tolist() == [False, True, True, True, True]
     assert float(metrics.greedy_action_rate(actions, rewards, 3)) == pytest.approx(0.25)
+    # by step: t0 undefined (0), then 0/1, 0/2, 1/3, 1/4
+    np.testing.assert_allclose(metrics.greedy_rate_by_step(actions, rewards, 3), [0, 0, 0, 1 / 3, 0.25])
 
 
 def test_greedy_actions_match_python_reference_on_random_episodes():

@@ -25,8 +25,7 @@ def episode_curves(traj, num_actions: int, game: bool = False) -> dict[str, np.n
     if game:
         out["outcomes"] = metrics.game_outcomes(traj.env_rewards, traj.done)
     else:
-        greedy, defined = metrics.greedy_actions(traj.actions, traj.env_rewards, num_actions)
-        out["greedy"] = jnp.cumsum(greedy, axis=1) / jnp.maximum(jnp.cumsum(defined, axis=1), 1)
+        out["greedy"] = metrics.greedy_rate_by_step(traj.actions, traj.env_rewards, num_actions)
     return jax.tree.map(np.asarray, out)
 
 
