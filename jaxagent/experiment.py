@@ -150,7 +150,8 @@ class SFTConfig:
     target: Literal["thought_cloning", "behaviour_cloning"] = "thought_cloning"
     expert: Literal["ucb", "greedy", "minimax"] = "ucb"   # bandits: ucb or greedy; tic-tac-toe: minimax
     rationale_stats: bool = True           # thought cloning writes each arm's count, mean (and UCB) first
-    action_noise: float = 0.0              # chance a random arm is played instead of the expert's (not trained on)
+    action_noise: float = 0.0              # chance a random arm is played instead of the expert's (still labelled
+                                           # with the expert's text for that state)
     batch_size: int = 128                  # step contexts per update; fresh expert episodes every update
     micro_batch_size: int | None = None
     num_updates: int = 1000
@@ -158,7 +159,7 @@ class SFTConfig:
 
     def validate(self) -> None:
         _check_batching(self, "sft")
-        _require(0.0 <= self.action_noise < 1.0, "sft.action_noise", "must be in [0, 1)", self.action_noise)
+        _unit_interval(self, "sft", "action_noise")
 
 
 @dataclasses.dataclass(frozen=True)

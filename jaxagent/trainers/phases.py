@@ -10,6 +10,7 @@ import dataclasses
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 
 from jaxagent.checkpoint import Checkpointer
 from jaxagent.config import ConfigError
@@ -72,12 +73,23 @@ def sft_expert(exp):
     return MinimaxExpert(exp.env, exp.tokenizer, exp.labels, reasoning)
 
 
+def label_every_turn(expert, traj, key, pad_id: int):
+    """The trajectory with every turn's text replaced by the expert's for the state that turn saw (DAgger-style
+    relabelling: the history keeps the actions actually played); no turn counts as forced any more."""
+    B, T, G = traj.tokens.shape
+    states = jax.tree.map(lambda x: x.reshape((B * T,) + x.shape[2:]), traj.states)
+    _, (tokens, lengths) = jax.vmap(expert.act, in_axes=(0, 0, None))(jax.random.split(key, B * T), states, None)
+    tokens = jnp.pad(tokens, ((0, 0), (0, G - tokens.shape[1])), constant_values=pad_id)
+    return traj.replace(tokens=tokens.reshape(B, T, G), lengths=lengths.reshape(B, T),
+                        forced=jnp.zeros_like(traj.forced))
+
+
 def train_sft(exp, params, directory: Path, log: RunLog, evaluate=None):
     cfg, loop = exp.cfg, exp.train_loop
     s = cfg.sft
     expert = sft_expert(exp)
     # Action noise widens the states the expert's data covers (e.g. a greedy expert that saw several arms);
-    # the noisy turns are played but only the expert's own turns are trained on.
+    # every turn, the noisy ones included, is labelled with the expert's text for the state it saw.
     if s.action_noise and not exp.bandit:
         raise ConfigError(f"config key 'sft.action_noise': applies to bandits only, not {cfg.env.name}")
     noise = ExplorationOverride(exp.tokenizer, exp.labels, exp.env.horizon, try_all=False,
@@ -92,8 +104,10 @@ def train_sft(exp, params, directory: Path, log: RunLog, evaluate=None):
 
     @jax.jit
     def make_batch(key):
-        k_draw, k_play = jax.random.split(key)
+        k_draw, k_play, k_label = jax.random.split(key, 3)
         traj = loop.expert_rollout(expert, _draw(pool, k_draw, episodes), k_play)
+        if noise is not None:
+            traj = label_every_turn(expert, traj, k_label, exp.tokenizer.pad_id)
         return batches.sft_batch(prefix, traj, exp.tokenizer.pad_id)
 
     optimizer = make_optimizer(_phase_optim(cfg.optim, s.learning_rate), s.num_updates)
