@@ -99,11 +99,13 @@ def _score_continuations(params, cfg, prompts, lengths, toks, temperature):
     return np.stack([scored[b, p:p + G] for b, p in enumerate(lengths)])
 
 
+@pytest.mark.parametrize("unroll_layers", [False, True])
 @pytest.mark.parametrize("temperature", [0.0, 0.7])
-def test_sampler_logprobs_equal_scoring_path(model, temperature):
+def test_sampler_logprobs_equal_scoring_path(model, temperature, unroll_layers):
     cfg, params = model
     lengths = [6, 3, 9]
-    prompts, (_, toks, logps, _) = _prompt_and_sample(params, cfg, lengths, temperature)
+    prompts, (_, toks, logps, _) = _prompt_and_sample(params, cfg, lengths, temperature,
+                                                      unroll_layers=unroll_layers)
     scored = _score_continuations(params, cfg, prompts, lengths, np.asarray(toks), temperature)
     np.testing.assert_allclose(np.asarray(logps), scored, atol=1e-5)
 

@@ -191,9 +191,13 @@ def transformer(params, cfg: GemmaConfig, tokens, positions, blocks=(), self_mas
     serves query rows ``i * B/Bk`` to ``(i + 1) * B/Bk - 1``. Within the chunk, token ``t`` attends to
     token ``s`` when ``positions[s] <= positions[t]``, or, if given, where ``self_mask[b, t, s]`` (bool
     ``[B, T, T]``, e.g. several episodes packed in one row); the sliding window applies to positions either way.
+    With ``params["layers"]`` and the blocks' keys/values as :func:`unstack_layers` tuples, the layers run as a
+    Python loop instead of a scan.
     """
     embed = params["embed"]
     x = embed[tokens] * jnp.asarray(math.sqrt(cfg.d_model), embed.dtype)
+    if isinstance(params["layers"], tuple):
+        return _unrolled(params, cfg, x, positions, blocks, self_mask)
     layers = jax.tree.map(_pairs, params["layers"])
 
     def pair_step(x, xs):
@@ -214,6 +218,26 @@ def transformer(params, cfg: GemmaConfig, tokens, positions, blocks=(), self_mas
     x, (new_k, new_v) = jax.lax.scan(pair_step, x, (layers, kv_xs))
     x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
     return x, new_k.reshape(-1, *new_k.shape[2:]), new_v.reshape(-1, *new_v.shape[2:])
+
+
+def unstack_layers(tree) -> tuple:
+    """A tree of ``[L, ...]`` layer arrays as a tuple of ``L`` per-layer trees.
+
+    With ``params["layers"]`` (and the blocks' keys/values) unstacked, :func:`transformer` runs its layers as a
+    Python loop: a decode loop then reads every layer's weights where they lie instead of slicing the stacked
+    arrays at each step, which XLA:CPU does by copying. Compile time grows with depth in exchange.
+    """
+    return tuple(jax.tree.map(lambda a: a[i], tree) for i in range(jax.tree.leaves(tree)[0].shape[0]))
+
+
+def _unrolled(params, cfg: GemmaConfig, x, positions, blocks, self_mask):
+    new_kv = []
+    for i, p in enumerate(params["layers"]):
+        layer_blocks = [(bk[i], bv[i], kp, ok) for bk, bv, kp, ok in blocks]
+        x, k, v = _layer(p, cfg, x, positions, layer_blocks, (cfg.sliding_window, None)[i % 2], self_mask)
+        new_kv.append((k, v))
+    new_k, new_v = (jnp.stack(a) for a in zip(*new_kv))
+    return rms_norm(x, params["final_norm"], cfg.rms_norm_eps), new_k, new_v
 
 
 def cache_block(cache: KVCache, end: jax.Array | None = None):

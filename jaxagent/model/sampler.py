@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxagent.model.config import GemmaConfig
-from jaxagent.model.gemma import KVCache, cache_block, hidden_states, init_cache, transformer, unembed, value, write_kv
+from jaxagent.model.gemma import (KVCache, cache_block, hidden_states, init_cache, transformer, unembed,
+                                  unstack_layers, value, write_kv)
 
 
 def _last(params, cfg: GemmaConfig, h: jax.Array, lengths: jax.Array) -> jax.Array:
@@ -80,13 +81,16 @@ def token_logprobs(logits: jax.Array, tokens: jax.Array, temperature: float) -> 
 
 def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key: jax.Array, *,
            max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-           stop_tokens: Sequence[int] = (), history_len: int | None = None):
+           stop_tokens: Sequence[int] = (), history_len: int | None = None, unroll_layers: bool = False):
     """Decode up to ``max_new_tokens`` per row: ``(cache, tokens[B, G], logprobs[B, G], lengths[B])``.
 
     A row stops after emitting a stop token (which is kept and counted); its later tokens are ``pad_id`` with
     log-prob 0. Every generated token is written into the cache and ``cache.end`` advances by ``lengths``.
     The loop exits early once every row has stopped. ``temperature == 0`` is greedy.
     ``history_len`` (static): a bound on every row's ``cache.end``; decoding then reads only that many slots.
+    ``unroll_layers`` (static): decode with the layers as a Python loop over per-layer weights and keys/values
+    (see :func:`jaxagent.model.gemma.unstack_layers`): faster where XLA copies the slices of stacked weights
+    (XLA:CPU), at a compile time that grows with depth.
     """
     B, G = last_logits.shape[0], max_new_tokens
     stops = jnp.asarray(tuple(stop_tokens) or (-1,), jnp.int32)
@@ -98,6 +102,20 @@ def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key
     history = cache_block(cache)
     if history_len is not None and history_len < cache.max_len:
         history = tuple(a[..., :history_len, :] if a.ndim == 5 else a[:, :history_len] for a in history)
+
+    gen_k, gen_v = jnp.zeros(gen_shape, cache.k.dtype), jnp.zeros(gen_shape, cache.v.dtype)
+    decode_params = params
+    if unroll_layers:
+        decode_params = dict(params, layers=unstack_layers(params["layers"]))
+        history = (unstack_layers(history[0]), unstack_layers(history[1])) + history[2:]
+        gen_k, gen_v = unstack_layers(gen_k), unstack_layers(gen_v)
+
+    def store(buffer, new, i):
+        """Write the step's keys/values ``[L, B, 1, K, hd]`` at slot ``i`` of the buffer, in place."""
+        new = jnp.swapaxes(new, 2, 3)
+        if unroll_layers:
+            return tuple(jax.lax.dynamic_update_slice(b, n.astype(b.dtype), (0, 0, i, 0)) for b, n in zip(buffer, new))
+        return jax.lax.dynamic_update_slice(buffer, new.astype(buffer.dtype), (0, 0, 0, i, 0))
 
     def body(state):
         i, gen_k, gen_v, logits, key, toks, logps, lengths, done = state
@@ -111,10 +129,9 @@ def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key
         tok = jnp.where(done, cfg.pad_id, tok).astype(jnp.int32)
         lp = jnp.where(done, 0.0, token_logprobs(logits, tok, temperature))
         written = jnp.broadcast_to(jnp.arange(G) < i, (B, G))
-        h, k, v = transformer(params, cfg, tok[:, None], (start + i)[:, None],
+        h, k, v = transformer(decode_params, cfg, tok[:, None], (start + i)[:, None],
                               (history, (gen_k, gen_v, gen_positions, written)))
-        gen_k = jax.lax.dynamic_update_slice(gen_k, jnp.swapaxes(k, 2, 3).astype(gen_k.dtype), (0, 0, 0, i, 0))
-        gen_v = jax.lax.dynamic_update_slice(gen_v, jnp.swapaxes(v, 2, 3).astype(gen_v.dtype), (0, 0, 0, i, 0))
+        gen_k, gen_v = store(gen_k, k, i), store(gen_v, v, i)
         toks = jax.lax.dynamic_update_slice(toks, tok[:, None], (0, i))
         logps = jax.lax.dynamic_update_slice(logps, lp[:, None], (0, i))
         active = ~done
@@ -124,10 +141,12 @@ def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key
     def cond(state):
         return (state[0] < G) & ~jnp.all(state[-1])
 
-    state = (jnp.int32(0), jnp.zeros(gen_shape, cache.k.dtype), jnp.zeros(gen_shape, cache.v.dtype),
-             last_logits.astype(jnp.float32), key, jnp.full((B, G), cfg.pad_id, jnp.int32),
-             jnp.zeros((B, G), jnp.float32), jnp.zeros((B,), jnp.int32), jnp.zeros((B,), bool))
+    state = (jnp.int32(0), gen_k, gen_v, last_logits.astype(jnp.float32), key,
+             jnp.full((B, G), cfg.pad_id, jnp.int32), jnp.zeros((B, G), jnp.float32), jnp.zeros((B,), jnp.int32),
+             jnp.zeros((B,), bool))
     _, gen_k, gen_v, _, _, toks, logps, lengths, _ = jax.lax.while_loop(cond, body, state)
+    if unroll_layers:
+        gen_k, gen_v = jnp.stack(gen_k), jnp.stack(gen_v)
     cache = write_kv(cache, jnp.swapaxes(gen_k, 2, 3), jnp.swapaxes(gen_v, 2, 3), gen_positions)
     return cache.replace(end=jnp.minimum(start + lengths, cache.max_len)), toks, logps, lengths
 
@@ -149,17 +168,19 @@ def score(params, cfg: GemmaConfig, tokens: jax.Array, *, temperature: float = 1
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "max_len", "max_new_tokens", "temperature", "top_k", "top_p",
-                                             "stop_tokens"))
+                                             "stop_tokens", "unroll_layers"))
 def generate(params, cfg: GemmaConfig, prompts: jax.Array, prompt_lengths: jax.Array, key: jax.Array, *,
              max_len: int, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-             stop_tokens: tuple[int, ...] = ()):
+             stop_tokens: tuple[int, ...] = (), unroll_layers: bool = False):
     """One jitted call: fresh cache, prefill of right-padded ``prompts``, then ``sample``."""
     cache, logits = prefill(params, cfg, prompts, prompt_lengths, max_len)
     return sample(params, cfg, cache, logits, key, max_new_tokens=max_new_tokens, temperature=temperature,
-                  top_k=top_k, top_p=top_p, stop_tokens=stop_tokens, history_len=prompts.shape[1])
+                  top_k=top_k, top_p=top_p, stop_tokens=stop_tokens, history_len=prompts.shape[1],
+                  unroll_layers=unroll_layers)
 
 
 append_jit = jax.jit(append, static_argnames=("cfg",), donate_argnames=("cache",))
 sample_jit = jax.jit(sample, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "top_p",
-                                              "stop_tokens", "history_len"), donate_argnames=("cache",))
+                                              "stop_tokens", "history_len", "unroll_layers"),
+                     donate_argnames=("cache",))
 score_jit = jax.jit(score, static_argnames=("cfg", "temperature", "with_values"))
