@@ -37,10 +37,12 @@ class Policy:
         return _logits(self.params, self.cfg, tokens)
 
     def generate(self, prompts, prompt_lengths=None, *, max_new_tokens: int, key=None, temperature: float = 0.0,
-                 top_k: int = 0, top_p: float = 1.0, stop_tokens=None, max_len: int | None = None):
+                 top_k: int = 0, top_p: float = 1.0, stop_tokens=None, max_len: int | None = None,
+                 unroll_layers: bool = False):
         """Right-padded ``prompts [B, P]`` -> ``(tokens [B, G], logprobs [B, G], lengths [B])``.
 
         ``stop_tokens`` defaults to the config's EOS id; pass ``()`` to always generate ``max_new_tokens``.
+        ``unroll_layers``: decode with the layers unrolled (faster on CPU, compile time grows with depth).
         """
         prompts = jnp.asarray(prompts, jnp.int32)
         if prompts.ndim != 2:
@@ -51,7 +53,7 @@ class Policy:
         _, toks, logps, lens = generate(
             self.params, self.cfg, prompts, lengths, jax.random.key(0) if key is None else key,
             max_len=max_len or P + max_new_tokens, max_new_tokens=max_new_tokens, temperature=temperature,
-            top_k=top_k, top_p=top_p, stop_tokens=stops)
+            top_k=top_k, top_p=top_p, stop_tokens=stops, unroll_layers=unroll_layers)
         return toks, logps, lens
 
     def save_hf(self, path, dtype=None) -> None:
