@@ -196,28 +196,27 @@ def transformer(params, cfg: GemmaConfig, tokens, positions, blocks=(), self_mas
     """
     embed = params["embed"]
     x = embed[tokens] * jnp.asarray(math.sqrt(cfg.d_model), embed.dtype)
-    if isinstance(params["layers"], tuple):
-        return _unrolled(params, cfg, x, positions, blocks, self_mask)
-    layers = jax.tree.map(_pairs, params["layers"])
 
-    def pair_step(x, xs):
-        p, kvs = xs
+    def run_layers(x, layers, kvs):
+        """Apply ``layers[i]`` in order (even ``i``: sliding window); ``kvs[n][0|1][i]`` is block ``n``'s k/v."""
         new_kv = []
-        for j, window in enumerate((cfg.sliding_window, None)):
-            pj = jax.tree.map(lambda a: a[j], p)
-            layer_blocks = [(bk[j], bv[j], kp, ok) for (bk, bv), (_, _, kp, ok) in zip(kvs, blocks)]
-            x, k, v = _layer(pj, cfg, x, positions, layer_blocks, window, self_mask)
+        for i, p in enumerate(layers):
+            layer_blocks = [(bk[i], bv[i], kp, ok) for (bk, bv), (_, _, kp, ok) in zip(kvs, blocks)]
+            x, k, v = _layer(p, cfg, x, positions, layer_blocks, (cfg.sliding_window, None)[i % 2], self_mask)
             new_kv.append((k, v))
-        return x, jax.tree.map(lambda *a: jnp.stack(a), *new_kv)
+        return x, tuple(jnp.stack(a) for a in zip(*new_kv))
 
-    kv_xs = [(_pairs(bk), _pairs(bv)) for bk, bv, _, _ in blocks]
-    # Under differentiation, keep only the weight matmuls' outputs: the [.., T, S] attention scores are cheaper to
-    # recompute in the backward pass than to store for every layer.
-    pair_step = jax.checkpoint(pair_step, prevent_cse=False,
-                               policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
-    x, (new_k, new_v) = jax.lax.scan(pair_step, x, (layers, kv_xs))
-    x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
-    return x, new_k.reshape(-1, *new_k.shape[2:]), new_v.reshape(-1, *new_v.shape[2:])
+    if isinstance(params["layers"], tuple):
+        x, (new_k, new_v) = run_layers(x, params["layers"], [(bk, bv) for bk, bv, _, _ in blocks])
+    else:
+        # Under differentiation, keep only the weight matmuls' outputs: the [.., T, S] attention scores are cheaper
+        # to recompute in the backward pass than to store for every layer.
+        pair_step = jax.checkpoint(lambda x, xs: run_layers(x, unstack_layers(xs[0]), xs[1]), prevent_cse=False,
+                                   policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+        kv_xs = [(_pairs(bk), _pairs(bv)) for bk, bv, _, _ in blocks]
+        x, (new_k, new_v) = jax.lax.scan(pair_step, x, (jax.tree.map(_pairs, params["layers"]), kv_xs))
+        new_k, new_v = new_k.reshape(-1, *new_k.shape[2:]), new_v.reshape(-1, *new_v.shape[2:])
+    return rms_norm(x, params["final_norm"], cfg.rms_norm_eps), new_k, new_v
 
 
 def unstack_layers(tree) -> tuple:
@@ -228,16 +227,6 @@ def unstack_layers(tree) -> tuple:
     arrays at each step, which XLA:CPU does by copying. Compile time grows with depth in exchange.
     """
     return tuple(jax.tree.map(lambda a: a[i], tree) for i in range(jax.tree.leaves(tree)[0].shape[0]))
-
-
-def _unrolled(params, cfg: GemmaConfig, x, positions, blocks, self_mask):
-    new_kv = []
-    for i, p in enumerate(params["layers"]):
-        layer_blocks = [(bk[i], bv[i], kp, ok) for bk, bv, kp, ok in blocks]
-        x, k, v = _layer(p, cfg, x, positions, layer_blocks, (cfg.sliding_window, None)[i % 2], self_mask)
-        new_kv.append((k, v))
-    new_k, new_v = (jnp.stack(a) for a in zip(*new_kv))
-    return rms_norm(x, params["final_norm"], cfg.rms_norm_eps), new_k, new_v
 
 
 def cache_block(cache: KVCache, end: jax.Array | None = None):
