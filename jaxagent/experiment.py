@@ -91,6 +91,7 @@ class RolloutConfig:
     try_all: bool = False                  # play each untried arm first, with the paper's rationale
     epsilon_greedy: bool = False
     epsilon: float = 0.1
+    unroll_layers: bool = False            # unrolled decode layers: faster on CPU, compile time grows with depth
 
     def validate(self) -> None:
         _positive(self, "rollout", "envs_per_rollout", "max_new_tokens")

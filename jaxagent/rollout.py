@@ -68,6 +68,7 @@ class AgentLoop:
     invalid_penalty: float = 5.0
     exploration_bonus: float = 0.0
     exploration: Any = None  # an experts.ExplorationOverride (try-all / ε-greedy), or None
+    unroll_layers: bool = False  # see jaxagent.model.sampler.sample
 
     @property
     def rewinds(self) -> bool:
@@ -166,7 +167,8 @@ class AgentLoop:
             cache, logits = sampler.append(model_params, cfg, cache, new, new_len)
             cache, gen, logp, gen_len = sampler.sample(
                 model_params, cfg, cache, logits, key, max_new_tokens=self.max_new_tokens,
-                temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, stop_tokens=self.stop_tokens)
+                temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, stop_tokens=self.stop_tokens,
+                unroll_layers=self.unroll_layers)
             return (cache, end_of_history), gen, logp, gen_len
 
         return self._play(env_params, key, generate, (cache, jnp.full((B,), prefix_len, jnp.int32)))

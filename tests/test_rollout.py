@@ -64,6 +64,18 @@ def test_rollout_is_token_exact_against_host_loop():
             np.testing.assert_allclose(traj.train_rewards[b, t], shaped, rtol=1e-6)
 
 
+def test_unrolled_decode_plays_the_same_episode():
+    params = init_params(CFG, jax.random.key(0), std=0.5)
+    trajs = []
+    for unroll in (False, True):
+        loop, pool = make_loop(temperature=1.0, unroll_layers=unroll)
+        trajs.append(jax.jit(loop.rollout)(params, pool, jax.random.key(3)))
+    scanned, unrolled = trajs
+    np.testing.assert_array_equal(unrolled.tokens, scanned.tokens)
+    np.testing.assert_array_equal(unrolled.actions, scanned.actions)
+    np.testing.assert_allclose(unrolled.logprobs, scanned.logprobs, atol=1e-5)
+
+
 def test_expert_episode_parses_back_to_the_expert_actions():
     loop, pool = make_loop(temperature=0.0)
     expert = Expert("ucb", TOK, loop.renderer.labels, HORIZON, stats=True)

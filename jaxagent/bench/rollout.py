@@ -36,7 +36,7 @@ def _agent(cfg, horizon: int):
     env = envs_jax.make_env("bandit-gaussian", num_arms=ARMS, sigma=1.0, horizon=horizon)
     renderer = BanditRenderer(ARMS, horizon, tok, PromptOptions())
     loop = AgentLoop(env, renderer, ActionParser(tok, renderer.labels), cfg, num_steps=horizon, max_new_tokens=G,
-                     stop_tokens=tok.stop_ids, temperature=1.0)
+                     stop_tokens=tok.stop_ids, temperature=1.0, unroll_layers=True)
     return tok, env, renderer, loop
 
 

@@ -101,9 +101,8 @@ def _qk(q, k):
 
 def _pv(p, v):
     """Output ``[Bk, R*T, K, G, hd]`` of probabilities ``[Bk, K, G, R*T, S]`` over stored values ``[Bk, K, S, hd]``."""
-    if p.shape[3] == 1:
-        prod = p[:, :, :, 0, :, None].astype(jnp.float32) * v[:, :, None, :, :].astype(jnp.float32)
-        return jnp.sum(prod, axis=3)[:, None].astype(v.dtype)
+    if p.shape[3] == 1:  # decoding: unlike the scores, this one is faster as a batched dot than as a multiply-reduce
+        return jnp.einsum("bkgs,bksh->bkgh", p[:, :, :, 0], v)[:, None]
     return jnp.einsum("bkgts,bksh->btkgh", p, v)
 
 
@@ -131,9 +130,11 @@ def _attention(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None
     """
     B, T, _ = x.shape
     K, G = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
-    q = rope(jnp.einsum("btd,dnh->btnh", x, p["q"]), positions, cfg.rope_theta)
-    k = rope(jnp.einsum("btd,dkh->btkh", x, p["k"]), positions, cfg.rope_theta)
-    v = jnp.einsum("btd,dkh->btkh", x, p["v"])
+    if "qkv" in p:
+        q, k, v = jnp.split(jnp.einsum("btd,dnh->btnh", x, p["qkv"]), (cfg.num_heads, cfg.num_heads + K), axis=2)
+    else:
+        q, k, v = (jnp.einsum("btd,dnh->btnh", x, p[name]) for name in "qkv")
+    q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
     q = (q * jnp.asarray(cfg.query_scale, q.dtype)).reshape(B, T, K, G, cfg.head_dim)
 
     def scores_of(bk, key_positions, valid):
@@ -175,7 +176,8 @@ def _layer(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None):
     h, k, v = _attention(p, cfg, rms_norm(x, p["attn_norm"], eps), positions, blocks, window, self_mask)
     x = x + rms_norm(h, p["post_attn_norm"], eps)
     h = rms_norm(x, p["ffw_norm"], eps)
-    h = jax.nn.gelu(h @ p["gate"], approximate=True) * (h @ p["up"])
+    gate, up = jnp.split(h @ p["gate_up"], 2, axis=-1) if "gate_up" in p else (h @ p["gate"], h @ p["up"])
+    h = jax.nn.gelu(gate, approximate=True) * up
     return x + rms_norm(h @ p["down"], p["post_ffw_norm"], eps), k, v
 
 
@@ -227,6 +229,13 @@ def unstack_layers(tree) -> tuple:
     arrays at each step, which XLA:CPU does by copying. Compile time grows with depth in exchange.
     """
     return tuple(jax.tree.map(lambda a: a[i], tree) for i in range(jax.tree.leaves(tree)[0].shape[0]))
+
+
+def fuse_projections(layer: dict) -> dict:
+    """One layer's weights with q/k/v and gate/up each concatenated into one matrix (fewer, larger matmuls)."""
+    fused = {name: w for name, w in layer.items() if name not in ("q", "k", "v", "gate", "up")}
+    return dict(fused, qkv=jnp.concatenate([layer["q"], layer["k"], layer["v"]], axis=1),
+                gate_up=jnp.concatenate([layer["gate"], layer["up"]], axis=1))
 
 
 def cache_block(cache: KVCache, end: jax.Array | None = None):

@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxagent.model.config import GemmaConfig
-from jaxagent.model.gemma import (KVCache, cache_block, hidden_states, init_cache, transformer, unembed,
-                                  unstack_layers, value, write_kv)
+from jaxagent.model.gemma import (KVCache, cache_block, fuse_projections, hidden_states, init_cache, transformer,
+                                  unembed, unstack_layers, value, write_kv)
 
 
 def _last(params, cfg: GemmaConfig, h: jax.Array, lengths: jax.Array) -> jax.Array:
@@ -89,8 +89,8 @@ def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key
     The loop exits early once every row has stopped. ``temperature == 0`` is greedy.
     ``history_len`` (static): a bound on every row's ``cache.end``; decoding then reads only that many slots.
     ``unroll_layers`` (static): decode with the layers as a Python loop over per-layer weights and keys/values
-    (see :func:`jaxagent.model.gemma.unstack_layers`): faster where XLA copies the slices of stacked weights
-    (XLA:CPU), at a compile time that grows with depth.
+    (see :func:`jaxagent.model.gemma.unstack_layers`), q/k/v and gate/up fused into one matmul each: faster where
+    XLA copies the slices of stacked weights (XLA:CPU), at a compile time that grows with depth.
     """
     B, G = last_logits.shape[0], max_new_tokens
     stops = jnp.asarray(tuple(stop_tokens) or (-1,), jnp.int32)
@@ -106,7 +106,7 @@ def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key
     gen_k, gen_v = jnp.zeros(gen_shape, cache.k.dtype), jnp.zeros(gen_shape, cache.v.dtype)
     decode_params = params
     if unroll_layers:
-        decode_params = dict(params, layers=unstack_layers(params["layers"]))
+        decode_params = dict(params, layers=tuple(map(fuse_projections, unstack_layers(params["layers"]))))
         history = (unstack_layers(history[0]), unstack_layers(history[1])) + history[2:]
         gen_k, gen_v = unstack_layers(gen_k), unstack_layers(gen_v)
 
