@@ -9,6 +9,7 @@ import pytest
 
 from fixtures.make_gemma2_fixture import FIXTURE_DIR, hf_greedy, hf_logits, make_hf_model
 from jaxagent.model import GemmaConfig, forward, generate, init_params, load_hf, save_hf
+from jaxagent.model.sampler import score
 
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="torch not installed: live HF comparison skipped")
@@ -105,3 +106,26 @@ def test_export_reloads_in_transformers_with_same_logits(tmp_path, dtype):
     if dtype == "bfloat16":
         params = jax.tree.map(lambda a: a.astype(jnp.bfloat16).astype(jnp.float32), params)
     np.testing.assert_allclose(hf_logits(model, tokens), logits_of(params, cfg, tokens), atol=1e-4, rtol=0)
+
+
+@needs_torch
+def test_loss_gradients_match_transformers(tmp_path):
+    """Gradients of the mean token NLL (what training differentiates) against torch autograd through HF Gemma2."""
+    import torch
+
+    model = make_hf_model(seed=5, std=0.2, sliding_window=6)
+    model.save_pretrained(tmp_path)
+    cfg, params = load_hf(tmp_path)
+    # no pad id (0): HF's embedding gives the pad row no input-side gradient
+    tokens = np.random.default_rng(5).integers(1, cfg.vocab_size, size=(2, 20))
+    model(torch.as_tensor(tokens, dtype=torch.long), labels=torch.as_tensor(tokens, dtype=torch.long)).loss.backward()
+    grads = jax.grad(lambda p: -score(p, cfg, jnp.asarray(tokens))[:, 1:].mean())(params)
+    layer = model.model.layers[1]
+    pairs = [(grads["embed"], model.model.embed_tokens.weight.grad),
+             (grads["layers"]["gate"][1], layer.mlp.gate_proj.weight.grad.T),
+             (grads["layers"]["down"][1], layer.mlp.down_proj.weight.grad.T),
+             (grads["layers"]["q"][1].reshape(cfg.d_model, -1), layer.self_attn.q_proj.weight.grad.T),
+             (grads["layers"]["o"][1].reshape(-1, cfg.d_model), layer.self_attn.o_proj.weight.grad.T)]
+    for ours, theirs in pairs:
+        theirs = theirs.numpy()
+        np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4 * np.abs(theirs).max(), rtol=0)

@@ -120,6 +120,11 @@ def _from_rows(stat: jax.Array, shared_by: int) -> jax.Array:
     return jnp.moveaxis(stat, 1, 3).reshape(B // shared_by, K, G, shared_by * T, 1)
 
 
+def _project(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``x[B, T, D]`` by ``w[D, N, hd]`` -> ``[B, T, N, hd]``."""
+    return dense(x, w.reshape(w.shape[0], -1)).reshape(*x.shape[:-1], *w.shape[1:])
+
+
 def _attention(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None):
     """Attention of the chunk ``x[B, T, D]`` over stored key/value ``blocks`` and over the chunk itself.
 
@@ -131,9 +136,9 @@ def _attention(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None
     B, T, _ = x.shape
     K, G = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
     if "qkv" in p:
-        q, k, v = jnp.split(jnp.einsum("btd,dnh->btnh", x, p["qkv"]), (cfg.num_heads, cfg.num_heads + K), axis=2)
+        q, k, v = jnp.split(_project(x, p["qkv"]), (cfg.num_heads, cfg.num_heads + K), axis=2)
     else:
-        q, k, v = (jnp.einsum("btd,dnh->btnh", x, p[name]) for name in "qkv")
+        q, k, v = (_project(x, p[name]) for name in "qkv")
     q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
     q = (q * jnp.asarray(cfg.query_scale, q.dtype)).reshape(B, T, K, G, cfg.head_dim)
 
@@ -168,7 +173,28 @@ def _attention(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None
     for w, r, (_, bv, _, _) in zip(weights, shared_by, blocks):
         out = out + _pv((w / _from_rows(total, r)).astype(x.dtype), bv).reshape(out.shape)
     out = out.reshape(B, T, cfg.num_heads, cfg.head_dim)
-    return jnp.einsum("btnh,nhd->btd", out, p["o"]), k, v
+    return dense(out.reshape(B, T, -1), p["o"].reshape(-1, p["o"].shape[-1])), k, v
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def dense(x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Array:
+    """``x[..., D] @ w[D, F]``. Its backward computes the weight gradient as one dot over all rows, which spares
+    XLA:CPU a transposing copy of the output gradient fused with its elementwise producer (the slowest part of
+    the backward pass there)."""
+    return jnp.matmul(x, w, preferred_element_type=out_dtype)
+
+
+def _dense_fwd(x, w, out_dtype):
+    return dense(x, w, out_dtype), (x, w)
+
+
+def _dense_bwd(out_dtype, residuals, dy):
+    x, w = residuals
+    dw = jnp.einsum("nd,nf->df", x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1]).astype(x.dtype))
+    return (dy @ w.T.astype(dy.dtype)).astype(x.dtype), dw.astype(w.dtype)
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
 
 
 def _layer(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None):
@@ -176,9 +202,9 @@ def _layer(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None):
     h, k, v = _attention(p, cfg, rms_norm(x, p["attn_norm"], eps), positions, blocks, window, self_mask)
     x = x + rms_norm(h, p["post_attn_norm"], eps)
     h = rms_norm(x, p["ffw_norm"], eps)
-    gate, up = jnp.split(h @ p["gate_up"], 2, axis=-1) if "gate_up" in p else (h @ p["gate"], h @ p["up"])
+    gate, up = jnp.split(dense(h, p["gate_up"]), 2, axis=-1) if "gate_up" in p else (dense(h, p["gate"]), dense(h, p["up"]))
     h = jax.nn.gelu(gate, approximate=True) * up
-    return x + rms_norm(h @ p["down"], p["post_ffw_norm"], eps), k, v
+    return x + rms_norm(dense(h, p["down"]), p["post_ffw_norm"], eps), k, v
 
 
 def _pairs(a: jax.Array) -> jax.Array:
@@ -267,7 +293,7 @@ def write_kv(cache: KVCache, k: jax.Array, v: jax.Array, positions: jax.Array) -
 
 def unembed(params, cfg: GemmaConfig, h: jax.Array) -> jax.Array:
     """Logits (float32, final soft-cap applied) of final hidden states ``h[..., D]``."""
-    logits = jnp.einsum("...d,vd->...v", h, params["embed"], preferred_element_type=jnp.float32)
+    logits = dense(h, params["embed"].T, jnp.float32)
     return _softcap(logits, cfg.final_logit_softcap)
 
 
