@@ -202,7 +202,10 @@ def _layer(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None):
     h, k, v = _attention(p, cfg, rms_norm(x, p["attn_norm"], eps), positions, blocks, window, self_mask)
     x = x + rms_norm(h, p["post_attn_norm"], eps)
     h = rms_norm(x, p["ffw_norm"], eps)
-    gate, up = jnp.split(dense(h, p["gate_up"]), 2, axis=-1) if "gate_up" in p else (dense(h, p["gate"]), dense(h, p["up"]))
+    if "gate_up" in p:
+        gate, up = jnp.split(dense(h, p["gate_up"]), 2, axis=-1)
+    else:
+        gate, up = dense(h, p["gate"]), dense(h, p["up"])
     h = jax.nn.gelu(gate, approximate=True) * up
     return x + rms_norm(dense(h, p["down"]), p["post_ffw_norm"], eps), k, v
 
