@@ -9,7 +9,7 @@ from pathlib import Path
 
 from jaxagent.config import ConfigError
 
-BENCHMARKS = ("envs", "text", "sampler", "rollout")
+BENCHMARKS = ("envs", "text", "sampler", "rollout", "scale")
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:

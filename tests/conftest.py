@@ -11,3 +11,5 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_disable_hlo_passes=constant_folding"
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
+# On GPUs, XLA multiplies float32 matrices in TF32 by default; the parity tests compare float32 to float32.
+os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")

@@ -107,7 +107,7 @@ def test_sampler_logprobs_equal_scoring_path(model, temperature, unroll_layers):
     prompts, (_, toks, logps, _) = _prompt_and_sample(params, cfg, lengths, temperature,
                                                       unroll_layers=unroll_layers)
     scored = _score_continuations(params, cfg, prompts, lengths, np.asarray(toks), temperature)
-    np.testing.assert_allclose(np.asarray(logps), scored, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(logps), scored, atol=1e-5, rtol=1e-5)  # GPUs reduce in other orders
 
 
 def test_bf16_sampler_logprobs_close_to_fp32_scorer(model):

@@ -31,12 +31,12 @@ from jaxagent.text.tokenizer import shipped_tokenizer
 ARMS, G = 5, 32
 
 
-def _agent(cfg, horizon: int):
+def _agent(cfg, horizon: int, unroll_layers: bool = True):
     tok = shipped_tokenizer()
     env = envs_jax.make_env("bandit-gaussian", num_arms=ARMS, sigma=1.0, horizon=horizon)
     renderer = BanditRenderer(ARMS, horizon, tok, PromptOptions())
     loop = AgentLoop(env, renderer, ActionParser(tok, renderer.labels), cfg, num_steps=horizon, max_new_tokens=G,
-                     stop_tokens=tok.stop_ids, temperature=1.0, unroll_layers=True)
+                     stop_tokens=tok.stop_ids, temperature=1.0, unroll_layers=unroll_layers)
     return tok, env, renderer, loop
 
 
