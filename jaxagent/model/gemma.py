@@ -267,20 +267,25 @@ def fuse_projections(layer: dict) -> dict:
                 gate_up=jnp.concatenate([layer["gate"], layer["up"]], axis=1))
 
 
-def cache_block(cache: KVCache, end: jax.Array | None = None):
-    """The cache as an attention block: slots ``< end`` (default ``cache.end``) are valid."""
+def cache_block(cache: KVCache, end: jax.Array | None = None, length: int | None = None):
+    """The cache as an attention block: slots ``< end`` (default ``cache.end``) are valid. ``length`` (static, a
+    bound on ``end``): only the first ``length`` slots are read."""
     end = cache.end if end is None else end
-    slots = jnp.broadcast_to(jnp.arange(cache.max_len, dtype=jnp.int32), (end.shape[0], cache.max_len))
-    return cache.k, cache.v, slots, slots < end[:, None]
+    length = cache.max_len if length is None else min(length, cache.max_len)
+    slots = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (end.shape[0], length))
+    return cache.k[..., :length, :], cache.v[..., :length, :], slots, slots < end[:, None]
 
 
-def hidden_states(params, cfg: GemmaConfig, tokens, positions, cache: KVCache | None = None):
+def hidden_states(params, cfg: GemmaConfig, tokens, positions, cache: KVCache | None = None,
+                  history_len: int | None = None):
     """Final-normed hidden states ``[B, T, D]`` and the cache with the chunk's keys/values written at ``positions``.
 
-    With a cache, the chunk attends to slots ``< cache.end`` and to itself; ``cache.end`` is left unchanged
-    (``sampler.append`` advances it). Slots at or past ``max_len`` are dropped.
+    With a cache, the chunk attends to slots ``< cache.end`` (of which only the first ``history_len`` are read,
+    if given) and to itself; ``cache.end`` is left unchanged (``sampler.append`` advances it). Slots at or past
+    ``max_len`` are dropped.
     """
-    h, k, v = transformer(params, cfg, tokens, positions, () if cache is None else (cache_block(cache),))
+    blocks = () if cache is None else (cache_block(cache, length=history_len),)
+    h, k, v = transformer(params, cfg, tokens, positions, blocks)
     return h, None if cache is None else write_kv(cache, k, v, positions)
 
 

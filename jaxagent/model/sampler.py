@@ -25,14 +25,16 @@ def _last(params, cfg: GemmaConfig, h: jax.Array, lengths: jax.Array) -> jax.Arr
     return unembed(params, cfg, last)
 
 
-def append(params, cfg: GemmaConfig, cache: KVCache, tokens: jax.Array, lengths: jax.Array):
+def append(params, cfg: GemmaConfig, cache: KVCache, tokens: jax.Array, lengths: jax.Array,
+           history_len: int | None = None):
     """Prefill ``tokens[b, :lengths[b]]`` after each row's end: ``(cache, last_logits[B, V])``.
 
     ``last_logits[b]`` are the logits at row ``b``'s last appended token (undefined where ``lengths[b] == 0``).
+    ``history_len`` (static): a bound on every row's ``cache.end``; only that many slots are read.
     """
     lengths = lengths.astype(jnp.int32)
     positions = cache.end[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
-    h, cache = hidden_states(params, cfg, tokens, positions, cache)
+    h, cache = hidden_states(params, cfg, tokens, positions, cache, history_len)
     return cache.replace(end=jnp.minimum(cache.end + lengths, cache.max_len)), _last(params, cfg, h, lengths)
 
 
@@ -99,9 +101,7 @@ def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key
     start = cache.end
     gen_shape = (cfg.num_layers, B, cfg.num_kv_heads, G, cfg.head_dim)
     gen_positions = start[:, None] + jnp.arange(G, dtype=jnp.int32)[None, :]
-    history = cache_block(cache)
-    if history_len is not None and history_len < cache.max_len:
-        history = tuple(a[..., :history_len, :] if a.ndim == 5 else a[:, :history_len] for a in history)
+    history = cache_block(cache, length=history_len)
 
     gen_k, gen_v = jnp.zeros(gen_shape, cache.k.dtype), jnp.zeros(gen_shape, cache.v.dtype)
     decode_params = params
@@ -179,7 +179,7 @@ def generate(params, cfg: GemmaConfig, prompts: jax.Array, prompt_lengths: jax.A
                   unroll_layers=unroll_layers)
 
 
-append_jit = jax.jit(append, static_argnames=("cfg",), donate_argnames=("cache",))
+append_jit = jax.jit(append, static_argnames=("cfg", "history_len"), donate_argnames=("cache",))
 sample_jit = jax.jit(sample, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "top_p",
                                               "stop_tokens", "history_len", "unroll_layers"),
                      donate_argnames=("cache",))
