@@ -218,6 +218,7 @@ def test_self_mask_packs_independent_sequences_in_one_row(model):
 def test_block_shared_by_several_rows_equals_each_rows_own_context(model):
     """Block row i serves query rows 3i..3i+2; each query row sees its own prefix of the block's keys."""
     from jaxagent.model import transformer
+    from jaxagent.model.gemma import as_block
 
     cfg, params = model
     rng = np.random.default_rng(7)
@@ -226,8 +227,7 @@ def test_block_shared_by_several_rows_equals_each_rows_own_context(model):
     chunks = rng.integers(3, cfg.vocab_size, size=(2 * R, W)).astype(np.int32)
     seen = np.array([P, P - 4, 9, P, 1, P - 7])  # shared keys visible to each query row
     _, k, v = transformer(params, cfg, jnp.asarray(shared), jnp.broadcast_to(jnp.arange(P), (2, P)))
-    block = (jnp.swapaxes(k, 2, 3), jnp.swapaxes(v, 2, 3), jnp.broadcast_to(jnp.arange(P), (2, P)),
-             jnp.asarray(np.arange(P)[None, :] < seen[:, None]))
+    block = as_block(k, v, jnp.broadcast_to(jnp.arange(P), (2, P)), jnp.asarray(np.arange(P)[None, :] < seen[:, None]))
     positions = jnp.broadcast_to(P + jnp.arange(W), (2 * R, W))
     h, _, _ = transformer(params, cfg, jnp.asarray(chunks), positions, blocks=(block,))
     for row in range(2 * R):

@@ -99,23 +99,24 @@ def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key
     # New tokens go to a small buffer at a shared slot per step (an in-place update, no per-row scatter);
     # the cache is only read while decoding and receives the buffer once at the end.
     start = cache.end
-    gen_shape = (cfg.num_layers, B, cfg.num_kv_heads, G, cfg.head_dim)
+    L, K, hd = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim
     gen_positions = start[:, None] + jnp.arange(G, dtype=jnp.int32)[None, :]
     history = cache_block(cache, length=history_len)
 
-    gen_k, gen_v = jnp.zeros(gen_shape, cache.k.dtype), jnp.zeros(gen_shape, cache.v.dtype)
+    gen_k, gen_v = jnp.zeros((L, B, K, hd, G), cache.k.dtype), jnp.zeros((L, B, K, G, hd), cache.v.dtype)
     decode_params = params
     if unroll_layers:
         decode_params = dict(params, layers=tuple(map(fuse_projections, unstack_layers(params["layers"]))))
         history = (unstack_layers(history[0]), unstack_layers(history[1])) + history[2:]
         gen_k, gen_v = unstack_layers(gen_k), unstack_layers(gen_v)
 
-    def store(buffer, new, i):
-        """Write the step's keys/values ``[L, B, 1, K, hd]`` at slot ``i`` of the buffer, in place."""
-        new = jnp.swapaxes(new, 2, 3)
+    def store(buffer, new, i, slot_axis):
+        """Write the step's keys or values ``[L, B, 1, K, hd]`` at slot ``i`` of the buffer, in place."""
+        new = jnp.moveaxis(new, 2, slot_axis)
+        at = tuple(i if axis == slot_axis else 0 for axis in range(5))
         if unroll_layers:
-            return tuple(jax.lax.dynamic_update_slice(b, n.astype(b.dtype), (0, 0, i, 0)) for b, n in zip(buffer, new))
-        return jax.lax.dynamic_update_slice(buffer, new.astype(buffer.dtype), (0, 0, 0, i, 0))
+            return tuple(jax.lax.dynamic_update_slice(b, n.astype(b.dtype), at[1:]) for b, n in zip(buffer, new))
+        return jax.lax.dynamic_update_slice(buffer, new.astype(buffer.dtype), at)
 
     def body(state):
         i, gen_k, gen_v, logits, key, toks, logps, lengths, done = state
@@ -131,7 +132,7 @@ def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key
         written = jnp.broadcast_to(jnp.arange(G) < i, (B, G))
         h, k, v = transformer(decode_params, cfg, tok[:, None], (start + i)[:, None],
                               (history, (gen_k, gen_v, gen_positions, written)))
-        gen_k, gen_v = store(gen_k, k, i), store(gen_v, v, i)
+        gen_k, gen_v = store(gen_k, k, i, 4), store(gen_v, v, i, 3)
         toks = jax.lax.dynamic_update_slice(toks, tok[:, None], (0, i))
         logps = jax.lax.dynamic_update_slice(logps, lp[:, None], (0, i))
         active = ~done
@@ -147,7 +148,7 @@ def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key
     _, gen_k, gen_v, _, _, toks, logps, lengths, _ = jax.lax.while_loop(cond, body, state)
     if unroll_layers:
         gen_k, gen_v = jnp.stack(gen_k), jnp.stack(gen_v)
-    cache = write_kv(cache, jnp.swapaxes(gen_k, 2, 3), jnp.swapaxes(gen_v, 2, 3), gen_positions)
+    cache = write_kv(cache, jnp.moveaxis(gen_k, 4, 2), jnp.swapaxes(gen_v, 2, 3), gen_positions)
     return cache.replace(end=jnp.minimum(start + lengths, cache.max_len)), toks, logps, lengths
 
 
