@@ -136,10 +136,10 @@ def _attention(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None
     """Attention of the chunk ``x[B, T, D]`` over stored key/value ``blocks`` and over the chunk itself.
 
     Each block is ``(k [Bk, K, hd, S], v [Bk, K, S, hd], key_positions [Bk, S], valid [B, S])`` where ``Bk``
-    divides ``B``:
-    block row ``i`` is shared by query rows ``i * B/Bk ...`` (e.g. one episode's history seen by each of its
-    steps), without repeating it. All blocks and the chunk are parts of one softmax, so stored keys/values are
-    only read. Returns the output and the chunk's keys/values ``[B, T, K, hd]`` for the caller to store.
+    divides ``B``: block row ``i`` is shared by query rows ``i * B/Bk ...`` (e.g. one episode's history seen by
+    each of its steps), without repeating it. All blocks and the chunk are parts of one softmax, so stored
+    keys/values are only read. Returns the output and the chunk's keys/values ``[B, T, K, hd]`` for the caller
+    to store.
     """
     B, T, _ = x.shape
     K, G = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
@@ -227,10 +227,10 @@ def transformer(params, cfg: GemmaConfig, tokens, positions, blocks=(), self_mas
 
     ``blocks``: stored keys/values the chunk attends to besides itself, each
     ``(k [L, Bk, K, hd, S], v [L, Bk, K, S, hd], key_positions [Bk, S], valid [B, S])`` (see :func:`as_block`);
-    ``Bk`` divides ``B`` and block row ``i``
-    serves query rows ``i * B/Bk`` to ``(i + 1) * B/Bk - 1``. Within the chunk, token ``t`` attends to
-    token ``s`` when ``positions[s] <= positions[t]``, or, if given, where ``self_mask[b, t, s]`` (bool
-    ``[B, T, T]``, e.g. several episodes packed in one row); the sliding window applies to positions either way.
+    ``Bk`` divides ``B`` and block row ``i`` serves query rows ``i * B/Bk`` to ``(i + 1) * B/Bk - 1``.
+    Within the chunk, token ``t`` attends to token ``s`` when ``positions[s] <= positions[t]``, or, if given,
+    where ``self_mask[b, t, s]`` (bool ``[B, T, T]``, e.g. several episodes packed in one row); the sliding
+    window applies to positions either way.
     With ``params["layers"]`` and the blocks' keys/values as :func:`unstack_layers` tuples, the layers run as a
     Python loop instead of a scan.
     """
