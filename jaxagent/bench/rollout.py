@@ -90,12 +90,35 @@ def _host_rollout(model, tok, renderer, horizon: int, batch: int, seed: int) -> 
     return time.perf_counter() - start
 
 
-def _train_tokens_per_s(params, cfg, path, batch: int, length: int, repeats: int, have_torch: bool):
-    tokens = np.random.default_rng(7).integers(3, cfg.vocab_size, size=(batch, length))
+def ours_train_seconds(params, cfg, tokens, repeats: int) -> tuple[float, float]:
+    """(median, first-call) seconds of forward + backward of the mean token NLL on ``tokens [B, T]``."""
     grad = jax.jit(jax.grad(lambda p, x: -score(p, cfg, x).mean()))
     x = jnp.asarray(tokens, jnp.int32)
+    start = time.perf_counter()
     jax.block_until_ready(grad(params, x))
-    ours = batch * length / median_seconds(lambda: jax.block_until_ready(grad(params, x)), repeats)
+    first = time.perf_counter() - start
+    return median_seconds(lambda: jax.block_until_ready(grad(params, x)), repeats), first
+
+
+def torch_train_seconds(model, tokens, repeats: int, sync=lambda: None) -> float:
+    """Median seconds of forward + backward of HF's causal-LM loss on ``tokens``; gradients are freed after."""
+    import torch
+
+    ids = torch.as_tensor(tokens, dtype=torch.long, device=model.device)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        model(ids, labels=ids).loss.backward()
+        sync()
+    step()
+    seconds = median_seconds(step, repeats)
+    model.zero_grad(set_to_none=True)
+    return seconds
+
+
+def _train_tokens_per_s(params, cfg, path, batch: int, length: int, repeats: int, have_torch: bool):
+    tokens = np.random.default_rng(7).integers(3, cfg.vocab_size, size=(batch, length))
+    ours = batch * length / ours_train_seconds(params, cfg, tokens, repeats)[0]
     row = {"ours_tokens_per_s": round(ours), "torch_tokens_per_s": None, "ratio": None,
            "shape": [batch, length]}
     if have_torch:
@@ -103,13 +126,7 @@ def _train_tokens_per_s(params, cfg, path, batch: int, length: int, repeats: int
         from transformers import Gemma2ForCausalLM
 
         model = Gemma2ForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
-        ids = torch.as_tensor(tokens, dtype=torch.long)
-
-        def step():
-            model.zero_grad(set_to_none=True)
-            model(ids, labels=ids).loss.backward()
-        step()
-        theirs = batch * length / median_seconds(step, repeats)
+        theirs = batch * length / torch_train_seconds(model, tokens, repeats)
         row.update(torch_tokens_per_s=round(theirs), ratio=round(ours / theirs, 2))
     return row
 

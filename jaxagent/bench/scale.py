@@ -22,8 +22,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxagent.bench import median_seconds  # noqa: E402
+from jaxagent.bench.rollout import _agent, _ours, ours_train_seconds, torch_train_seconds  # noqa: E402
 from jaxagent.model import GemmaConfig, generate, init_params  # noqa: E402
-from jaxagent.model.sampler import score  # noqa: E402
 
 PROMPT, NEW = 256, 128
 
@@ -88,26 +88,13 @@ def _train(params, cfg, model, device, batch: int, length: int, repeats: int) ->
     import torch
 
     tokens = np.random.default_rng(7).integers(3, cfg.vocab_size, size=(batch, length))
-    ids = torch.as_tensor(tokens, device=device)
-
-    def step():
-        model.zero_grad(set_to_none=True)
-        model(ids, labels=ids).loss.backward()
-        _sync(device)
     # torch first, its cached blocks then returned: JAX's allocator keeps what it once took.
     model.train()
-    step()
-    theirs = median_seconds(step, repeats)
-    model.zero_grad(set_to_none=True)
+    theirs = torch_train_seconds(model, tokens, repeats, sync=lambda: _sync(device))
     model.eval()
     if device == "cuda":
         torch.cuda.empty_cache()
-    grad = jax.jit(jax.grad(lambda p, x: -score(p, cfg, x).mean()))
-    x = jnp.asarray(tokens, jnp.int32)
-    t = time.perf_counter()
-    jax.block_until_ready(grad(params, x))
-    first = time.perf_counter() - t
-    ours = median_seconds(lambda: jax.block_until_ready(grad(params, x)), repeats)
+    ours, first = ours_train_seconds(params, cfg, tokens, repeats)
     attention = 6 * cfg.num_layers * cfg.num_heads * cfg.head_dim * length  # per token, fwd + bwd, causal
     flops = batch * length * (6 * cfg.num_params + attention)
     peak = _matmul_tflops(params["embed"].dtype, repeats)
@@ -118,8 +105,6 @@ def _train(params, cfg, model, device, batch: int, length: int, repeats: int) ->
 
 
 def _episode(params, cfg, batch: int, repeats: int) -> dict:
-    from jaxagent.bench.rollout import _agent, _ours
-
     horizon = 50
     _, env, _, loop = _agent(cfg, horizon, unroll_layers=jax.default_backend() == "cpu")
     seconds, first = _ours(loop, env, params, batch, repeats)
