@@ -5,6 +5,9 @@
   episodes of the batch at the same step t. Episodes in a batch share the horizon and differ only in
   the instance and the agent's luck, so the per-step mean is the natural state-free baseline (the
   return still to come shrinks with t, which a single batch-wide constant would not track).
+  With ``group_size`` n > 1 the rows come in groups of n episodes on the same instance, and each
+  episode's baseline is the mean of the other n − 1 at step t (leave-one-out): how good the instance
+  is then cancels out of the advantage, leaving what the agent's choices changed.
 - ``gae`` (tic-tac-toe, with a value head): generalised advantage estimation by a reverse
   ``lax.scan`` over time, with ``dones`` cutting the bootstrap where an episode ended (auto-reset
   rollouts hold several episodes per row).
@@ -58,18 +61,28 @@ def discounted_rewards_to_go(rewards: jax.Array, gamma: float, dones: jax.Array 
 
 @register_advantage("rewards_to_go_mc")
 def rewards_to_go_mc(rewards: jax.Array, mask: jax.Array | None = None, *, gamma: float = 1.0,
-                     normalize: bool = False) -> tuple[jax.Array, jax.Array]:
-    """Advantages G_t − mean_n G_t (per-step batch-mean baseline); returns (advantages, rewards-to-go).
+                     normalize: bool = False, group_size: int = 1) -> tuple[jax.Array, jax.Array]:
+    """Advantages G_t − b_t with a per-step Monte-Carlo baseline; returns (advantages, rewards-to-go).
 
-    ``mask`` ``[N, T]`` marks real steps (all, by default); rewards at masked steps must be 0 and the
-    baseline at step t averages only the episodes that have a step t. ``normalize`` divides the
-    advantages by their std over the batch.
+    b_t is the mean of G_t over the batch, or with ``group_size`` n > 1 over the other episodes of the
+    row's group (rows ``i*n … i*n+n−1``). ``mask`` ``[N, T]`` marks real steps (all, by default); rewards
+    at masked steps must be 0 and a baseline averages only the episodes that have a step t.
+    ``normalize`` divides the advantages by their std over the batch.
     """
     rewards = jnp.asarray(rewards, jnp.float32)
     mask = jnp.ones_like(rewards) if mask is None else jnp.asarray(mask, jnp.float32)
     returns = discounted_rewards_to_go(rewards * mask, gamma)
-    baseline = jnp.sum(returns * mask, axis=0) / jnp.maximum(mask.sum(axis=0), 1.0)
-    adv = (returns - baseline[None, :]) * mask
+    if group_size == 1:
+        baseline = (jnp.sum(returns * mask, axis=0) / jnp.maximum(mask.sum(axis=0), 1.0))[None, :]
+    else:
+        N, T = rewards.shape
+        if N % group_size:
+            raise ValueError(f"group_size {group_size} does not divide the batch's {N} episodes")
+        grouped = lambda x: x.reshape(N // group_size, group_size, T)
+        others_sum = grouped(returns * mask).sum(1, keepdims=True) - grouped(returns * mask)
+        others_count = grouped(mask).sum(1, keepdims=True) - grouped(mask)
+        baseline = (others_sum / jnp.maximum(others_count, 1.0)).reshape(N, T)
+    adv = (returns - baseline) * mask
     if normalize:
         adv = masked_normalize(adv, mask, center=True)
     return adv, returns

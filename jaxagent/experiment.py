@@ -124,6 +124,8 @@ class RLConfig:
     advantage: Literal["rewards_to_go_mc", "gae"] = "rewards_to_go_mc"
     gamma: float = 1.0
     gae_lambda: float = 0.95
+    group_size: int = 1                    # episodes per env instance in a rollout; > 1: each episode's MC
+                                           # baseline is the mean of the others on its instance (leave-one-out)
     normalize_rewards: bool = False
     normalize_advantages: bool = False
     value_coef: float = 0.5
@@ -132,7 +134,7 @@ class RLConfig:
 
     def validate(self) -> None:
         _check_batching(self, "rl")
-        _positive(self, "rl", "epochs")
+        _positive(self, "rl", "epochs", "group_size")
         for name in ("epsilon", "epsilon_low"):  # the ratio's lower bound 1 − ε must stay positive
             value = getattr(self, name)
             if value is not None:
@@ -241,6 +243,10 @@ class ExperimentConfig:
         if self.rl.advantage == "gae":
             _require(self.model.value_head, "model.value_head", "must be true when rl.advantage is 'gae'",
                      self.model.value_head)
+        _require(self.rollout.envs_per_rollout % self.rl.group_size == 0, "rl.group_size",
+                 f"must divide rollout.envs_per_rollout ({self.rollout.envs_per_rollout})", self.rl.group_size)
+        _require(self.rl.group_size == 1 or self.rl.advantage == "rewards_to_go_mc", "rl.group_size",
+                 "applies to rl.advantage 'rewards_to_go_mc' only (must be 1 with 'gae')", self.rl.group_size)
 
 
 def load_experiment(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:

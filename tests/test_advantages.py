@@ -54,6 +54,23 @@ def test_rewards_to_go_mc_mask_excludes_missing_steps_from_the_baseline():
     np.testing.assert_allclose(np.asarray(adv), [[-0.5, 0.0], [0.5, 0.0]], atol=1e-6)
 
 
+def test_rewards_to_go_mc_group_baseline_is_the_mean_of_the_other_episodes_on_the_instance():
+    rewards = np.array([[1.0, 0.0], [3.0, 2.0], [0.0, 5.0], [10.0, 0.0], [20.0, 1.0], [30.0, 2.0]])
+    adv, ret = rewards_to_go_mc(rewards, gamma=1.0, group_size=3)
+    returns = np.array([[1.0, 0.0], [5.0, 2.0], [5.0, 5.0], [10.0, 0.0], [21.0, 1.0], [32.0, 2.0]])
+    np.testing.assert_allclose(np.asarray(ret), returns)
+    # row 0, step 0: the others on its instance returned 5 and 5; row 4, step 1: 0 and 2
+    expected = np.array([[1 - 5, 0 - 3.5], [5 - 3, 2 - 2.5], [5 - 3, 5 - 1],
+                         [10 - 26.5, 0 - 1.5], [21 - 21, 1 - 1], [32 - 15.5, 2 - 0.5]])
+    np.testing.assert_allclose(np.asarray(adv), expected, atol=1e-6)
+    # an instance's offset (every episode on it +100) leaves its advantages unchanged
+    shifted, _ = rewards_to_go_mc(rewards + np.array([[0.0], [0.0], [0.0], [100.0], [100.0], [100.0]]),
+                                  gamma=1.0, group_size=3)
+    np.testing.assert_allclose(np.asarray(shifted)[3:], expected[3:], atol=1e-4)
+    with pytest.raises(ValueError, match="group_size 4"):
+        rewards_to_go_mc(rewards, group_size=4)
+
+
 @pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.9, 0.8), (0.99, 1.0)])
 def test_gae_matches_python_reference(gamma, lam):
     rng = np.random.default_rng(1)

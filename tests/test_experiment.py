@@ -69,6 +69,8 @@ def test_unknown_key_is_named(override, key):
     ("model.dtype=float16", "model.dtype"),
     ("env.pool_size=0", "env.pool_size"),
     ("rl.advantage=gae", "model.value_head"),
+    ("rl.group_size=0", "rl.group_size"),
+    ("rl.group_size=3", "rl.group_size"),
     ("trainer=ppo", "trainer"),
 ])
 def test_bad_value_error_names_the_key(override, key):

@@ -110,3 +110,12 @@ def test_exploration_mechanisms_shape_training_rollouts_only():
     exp = build(load_experiment(None, TINY + ["rollout.epsilon_greedy=true", "rollout.try_all=true"]))
     assert exp.train_loop.exploration is not None and exp.eval_loop.exploration is None
     assert exp.eval_loop.temperature == 0.0
+
+
+def test_grouped_draw_repeats_each_instance_in_consecutive_rows():
+    pool = {"means": np.arange(20.0).reshape(10, 2)}
+    drawn = np.asarray(phases._draw(pool, jax.random.key(3), 8, group_size=4)["means"])
+    assert drawn.shape == (8, 2)
+    for group in drawn.reshape(2, 4, 2):
+        assert (group == group[0]).all()
+    assert not (drawn[0] == drawn[4]).all()  # two distinct instances (drawn without replacement)

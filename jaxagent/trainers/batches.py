@@ -62,7 +62,8 @@ def rl_batch(params, ref_params, model_cfg: GemmaConfig, rl: RLConfig, prefix_to
                                           lam=rl.gae_lambda, normalize=rl.normalize_advantages)
         batch["old_values"] = values
     else:
-        advantages, returns = adv_lib.rewards_to_go_mc(rewards, gamma=rl.gamma, normalize=rl.normalize_advantages)
+        advantages, returns = adv_lib.rewards_to_go_mc(rewards, gamma=rl.gamma, normalize=rl.normalize_advantages,
+                                                         group_size=rl.group_size)
     return {**batch, "advantages": advantages, "returns": returns}
 
 

@@ -53,10 +53,11 @@ def _check_batch_split(episodes: int, mesh, key: str) -> None:
                           f"data x fsdp = {shards} devices")
 
 
-def _draw(pool, key, n: int):
+def _draw(pool, key, n: int, group_size: int = 1):
+    """``n`` instances from the pool: ``n / group_size`` distinct ones, each repeated ``group_size`` times in a row."""
     size = jax.tree.leaves(pool)[0].shape[0]
-    idx = jax.random.choice(key, size, (n,), replace=size < n)
-    return jax.tree.map(lambda x: x[idx], pool)
+    idx = jax.random.choice(key, size, (n // group_size,), replace=size < n // group_size)
+    return jax.tree.map(lambda x: jnp.repeat(x[idx], group_size, axis=0), pool)
 
 
 def sft_expert(exp):
@@ -137,7 +138,7 @@ def train_rlft(exp, params, directory: Path, log: RunLog, evaluate=None):
     @jax.jit
     def make_batch(key, params, ref_params):
         k_draw, k_play = jax.random.split(key)
-        traj = loop.rollout(params, _draw(pool, k_draw, r.envs_per_rollout), k_play)
+        traj = loop.rollout(params, _draw(pool, k_draw, r.envs_per_rollout, rl.group_size), k_play)
         batch = batches.rl_batch(params, ref_params, exp.model_cfg, rl, prefix, traj, exp.tokenizer.pad_id,
                                  loop.temperature, forced_turns=loop.exploration is not None)
         stats = {"rollout/env_reward": traj.env_rewards.sum(1).mean(),
