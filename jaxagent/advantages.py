@@ -78,9 +78,9 @@ def rewards_to_go_mc(rewards: jax.Array, mask: jax.Array | None = None, *, gamma
         N, T = rewards.shape
         if N % group_size:
             raise ValueError(f"group_size {group_size} does not divide the batch's {N} episodes")
-        grouped = lambda x: x.reshape(N // group_size, group_size, T)
-        others_sum = grouped(returns * mask).sum(1, keepdims=True) - grouped(returns * mask)
-        others_count = grouped(mask).sum(1, keepdims=True) - grouped(mask)
+        total, count = (x.reshape(N // group_size, group_size, T) for x in (returns * mask, mask))
+        others_sum = total.sum(1, keepdims=True) - total
+        others_count = count.sum(1, keepdims=True) - count
         baseline = (others_sum / jnp.maximum(others_count, 1.0)).reshape(N, T)
     adv = (returns - baseline) * mask
     if normalize:
