@@ -65,11 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    from envs_jax import EnvError
+    from jaxagent.checkpoint import CheckpointNotFoundError
+    from jaxagent.model.config import CheckpointError
+    from jaxagent.train_step import NonFiniteError
+
     try:
         args.func(args)
-    except ConfigError as e:
+    except (ConfigError, EnvError, CheckpointError, CheckpointNotFoundError) as e:
         print(f"jaxagent: error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except NonFiniteError as e:  # the run stopped; its last good checkpoint is kept
+        print(f"jaxagent: error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

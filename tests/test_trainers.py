@@ -119,3 +119,34 @@ def test_grouped_draw_repeats_each_instance_in_consecutive_rows():
     for group in drawn.reshape(2, 4, 2):
         assert (group == group[0]).all()
     assert not (drawn[0] == drawn[4]).all()  # two distinct instances (drawn without replacement)
+
+
+def test_a_training_checkpoint_evaluates_and_exports_the_parameters_it_holds(tmp_path):
+    from jaxagent.model import load_policy
+    from jaxagent.trainers import eval_from_config, export_from_config
+    trained = _train(tmp_path, "run")  # 4 updates, checkpoints at 2 and 4
+    step_dir = tmp_path / "run" / "sft" / "checkpoints" / "4"
+    summary = eval_from_config(None, TINY + ["eval.num_episodes=4", f"checkpoint={step_dir}"])
+    assert set(summary) == {"random", "ucb", "greedy_expert", "policy"}
+    assert (tmp_path / "run" / "sft" / "eval_4" / "summary.json").is_file()
+    export_from_config(None, TINY + [f"checkpoint={step_dir}", f"out={tmp_path / 'hf'}"])
+    jax.tree.map(np.testing.assert_array_equal, trained, load_policy(tmp_path / "hf").params)
+
+
+@pytest.mark.parametrize("where, message", [
+    ("missing", "checkpoint directory not found: {}"),
+    ("empty", "{}: neither a Hugging Face directory (config.json) nor a jaxagent Orbax checkpoint"),
+])
+def test_the_command_line_names_a_bad_checkpoint_in_one_line(tmp_path, capsys, where, message):
+    from pathlib import Path
+
+    from jaxagent import cli
+    checkpoint = tmp_path / where
+    if where == "empty":
+        checkpoint.mkdir()
+    config = Path(__file__).parents[1] / "configs" / "quickstart.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["eval", str(config), f"checkpoint={checkpoint}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("jaxagent: error: " + message.format(checkpoint))

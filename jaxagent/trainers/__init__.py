@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
+from jaxagent.checkpoint import Checkpointer
 from jaxagent.config import ConfigError
 from jaxagent.experiment import load_experiment
 from jaxagent.experts import Expert, MinimaxExpert
@@ -63,28 +64,55 @@ def _pop(overrides, key: str, required: bool = True):
     return (values[-1] if values else None), rest
 
 
-def eval_from_config(path, overrides) -> dict:
-    """Evaluate a saved policy (``checkpoint=DIR``: a run's policy/ or any HF/Orbax Gemma 2 directory)."""
+def _training_step(path: Path) -> bool:
+    """A step directory of a run's training checkpoints (``runs/NAME/sft/checkpoints/80``)."""
+    return path.name.isdigit() and (path / "params").is_dir() and (path / "meta").is_dir()
+
+
+def _checkpoint_arg(overrides) -> tuple[Path, list]:
     checkpoint, overrides = _pop(overrides, "checkpoint")
     if not Path(checkpoint).exists():
         raise ConfigError(f"checkpoint directory not found: {checkpoint}")
+    return Path(checkpoint), overrides
+
+
+def _load(path: Path, cfg, exp=None) -> Policy:
+    """A policy from ``path``: a training step directory (parameters only, the model is the config's) or
+    anything :func:`jaxagent.load_policy` reads."""
+    if not _training_step(path):
+        return load_policy(path, cfg.model.dtype)
+    exp = exp or build(cfg)
+    saved = Checkpointer(path.parent, create=False, async_save=False)
+    try:
+        return Policy(exp.model_cfg, saved.restore_params(exp.init_params, int(path.name)))
+    finally:
+        saved.close()
+
+
+def eval_from_config(path, overrides) -> dict:
+    """Evaluate a saved policy (``checkpoint=DIR``: a run's policy/, one of its training checkpoints, or any
+    HF/Orbax Gemma 2 directory)."""
+    checkpoint, overrides = _checkpoint_arg(overrides)
     cfg = load_experiment(path, overrides)
     exp = build(cfg)
-    policy = load_policy(checkpoint, cfg.model.dtype)
+    policy = _load(checkpoint, cfg, exp)
     evaluator = Evaluator(exp, cfg.eval.num_episodes, cfg.eval.seed)
     curves = {**_baselines(exp, evaluator), "policy": evaluator.model(policy.params)}
-    summary = write_report(Path(checkpoint).parent / "eval", curves)
+    if _training_step(checkpoint):
+        report = checkpoint.parent.parent / f"eval_{checkpoint.name}"
+    else:
+        report = checkpoint.parent / "eval"
+    summary = write_report(report, curves)
     print_table(summary)
+    print(f"report: {report} (summary.json, regret.png, coverage.png)")
     return summary
 
 
 def export_from_config(path, overrides) -> None:
-    """Write a saved policy (``checkpoint=DIR``) as a Hugging Face Gemma 2 directory (``out=DIR``)."""
-    checkpoint, overrides = _pop(overrides, "checkpoint")
+    """Write a saved policy (``checkpoint=DIR``, as for eval) as a Hugging Face Gemma 2 directory (``out=DIR``)."""
+    checkpoint, overrides = _checkpoint_arg(overrides)
     out, overrides = _pop(overrides, "out")
-    if not Path(checkpoint).exists():
-        raise ConfigError(f"checkpoint directory not found: {checkpoint}")
-    load_policy(checkpoint).save_hf(out)
+    _load(checkpoint, load_experiment(path, overrides)).save_hf(out)
     print(f"exported {checkpoint} -> {out}")
 
 
