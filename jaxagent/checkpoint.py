@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from jaxagent.model.config import CheckpointError
 from jaxagent.train_step import NonFiniteError, TrainState
 
 
@@ -32,6 +33,10 @@ class Restored(NamedTuple):
 def _abstract(tree: Any) -> Any:
     """Shapes, dtypes and shardings of ``tree``: restored arrays land with the same layout."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def _shapes_by_path(tree: Any) -> dict[str, tuple]:
+    return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def _all_finite(tree: Any) -> bool:
@@ -100,11 +105,25 @@ class Checkpointer:
         return Restored(state, rng, meta["data_position"], step)
 
     def restore_params(self, like_params: Any, step: int | None = None) -> Any:
-        """Only the parameters at ``step`` (default: the latest), e.g. for evaluation or export."""
+        """Only the parameters at ``step`` (default: the latest), e.g. for evaluation or export. Parameters of
+        another model (a missing, extra or differently shaped array) are refused before anything is read."""
         step = self._resolve(step)
+        self._check_param_shapes(like_params, step)
         out = self._manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(_abstract(like_params))))
         return out["params"]
+
+    def _check_param_shapes(self, like_params: Any, step: int) -> None:
+        handler = ocp.StandardCheckpointHandler()
+        try:
+            stored = _shapes_by_path(dict(handler.metadata(self.directory / str(step) / "params")))
+        finally:
+            handler.close()
+        wanted = _shapes_by_path(like_params)
+        for name in sorted(stored.keys() | wanted.keys()):
+            if stored.get(name) != wanted.get(name):
+                raise CheckpointError(f"{self.directory / str(step)}: parameter {name} is stored with shape "
+                                      f"{stored.get(name)}, the model wants {wanted.get(name)}")
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

@@ -5,6 +5,7 @@ import pytest
 
 from jaxagent.config import ConfigError
 from jaxagent.experiment import load_experiment
+from jaxagent.model.config import CheckpointError
 from jaxagent.runlog import RunLog
 from jaxagent.trainers import phases
 from jaxagent.trainers.setup import build
@@ -131,6 +132,9 @@ def test_a_training_checkpoint_evaluates_and_exports_the_parameters_it_holds(tmp
     assert (tmp_path / "run" / "sft" / "eval_4" / "summary.json").is_file()
     export_from_config(None, TINY + [f"checkpoint={step_dir}", f"out={tmp_path / 'hf'}"])
     jax.tree.map(np.testing.assert_array_equal, trained, load_policy(tmp_path / "hf").params)
+    wrong_model = r"parameter \['embed'\] is stored with shape \(2048, 128\), the model wants \(2048, 256\)"
+    with pytest.raises(CheckpointError, match=wrong_model):
+        export_from_config(None, TINY + ["model.preset=tiny", f"checkpoint={step_dir}", f"out={tmp_path}/x"])
 
 
 @pytest.mark.parametrize("where, message", [
