@@ -72,12 +72,10 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         args.func(args)
-    except (ConfigError, EnvError, CheckpointError, CheckpointNotFoundError) as e:
+    except (ConfigError, EnvError, CheckpointError, CheckpointNotFoundError, NonFiniteError) as e:
         print(f"jaxagent: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except NonFiniteError as e:  # the run stopped; its last good checkpoint is kept
-        print(f"jaxagent: error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+        # bad input: 2; a run stopped by a NaN / inf (its last good checkpoint kept): 1
+        raise SystemExit(1 if isinstance(e, NonFiniteError) else 2) from None
 
 
 if __name__ == "__main__":
