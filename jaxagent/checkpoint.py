@@ -39,6 +39,15 @@ def _shapes_by_path(tree: Any) -> dict[str, tuple]:
     return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+ITEMS = ("params", "opt_state", "rng", "meta")  # one Orbax item each, a subdirectory of every step
+
+
+def is_step_directory(path: str | Path) -> bool:
+    """``path`` is one step of a :class:`Checkpointer` (e.g. ``runs/NAME/sft/checkpoints/80``)."""
+    path = Path(path)
+    return path.name.isdigit() and all((path / item).is_dir() for item in ("params", "meta"))
+
+
 def _all_finite(tree: Any) -> bool:
     leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
     return all(bool(jnp.all(jnp.isfinite(x))) for x in leaves)
@@ -54,7 +63,7 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,
                                                enable_async_checkpointing=async_save)
         self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                              item_names=("params", "opt_state", "rng", "meta"))
+                                              item_names=ITEMS)
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()

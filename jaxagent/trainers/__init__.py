@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-from jaxagent.checkpoint import Checkpointer
+from jaxagent.checkpoint import Checkpointer, is_step_directory
 from jaxagent.config import ConfigError
 from jaxagent.experiment import load_experiment
 from jaxagent.experts import Expert, MinimaxExpert
@@ -64,11 +64,6 @@ def _pop(overrides, key: str, required: bool = True):
     return (values[-1] if values else None), rest
 
 
-def _training_step(path: Path) -> bool:
-    """A step directory of a run's training checkpoints (``runs/NAME/sft/checkpoints/80``)."""
-    return path.name.isdigit() and (path / "params").is_dir() and (path / "meta").is_dir()
-
-
 def _checkpoint_arg(overrides) -> tuple[Path, list]:
     checkpoint, overrides = _pop(overrides, "checkpoint")
     if not Path(checkpoint).exists():
@@ -79,7 +74,7 @@ def _checkpoint_arg(overrides) -> tuple[Path, list]:
 def _load(path: Path, cfg, exp=None) -> Policy:
     """A policy from ``path``: a training step directory (parameters only, the model is the config's) or
     anything :func:`jaxagent.load_policy` reads."""
-    if not _training_step(path):
+    if not is_step_directory(path):
         return load_policy(path, cfg.model.dtype)
     exp = exp or build(cfg)
     saved = Checkpointer(path.parent, create=False, async_save=False)
@@ -98,7 +93,7 @@ def eval_from_config(path, overrides) -> dict:
     policy = _load(checkpoint, cfg, exp)
     evaluator = Evaluator(exp, cfg.eval.num_episodes, cfg.eval.seed)
     curves = {**_baselines(exp, evaluator), "policy": evaluator.model(policy.params)}
-    if _training_step(checkpoint):
+    if is_step_directory(checkpoint):
         report = checkpoint.parent.parent / f"eval_{checkpoint.name}"
     else:
         report = checkpoint.parent / "eval"
