@@ -57,6 +57,15 @@ def test_bad_experiment_settings_fail_at_set_up_naming_the_key(override, fragmen
         build(load_experiment(None, TINY + [override]))
 
 
+@pytest.mark.parametrize("train", [phases.train_sft, phases.train_rlft])
+def test_training_with_a_history_window_fails_naming_the_key(tmp_path, train):
+    cfg = load_experiment(None, TINY + ["prompt.history_window=2", f"run.output_dir={tmp_path}"])
+    exp = build(cfg)
+    with pytest.raises(ConfigError, match=r"prompt\.history_window.*window of 2 of the 3 steps"):
+        train(exp, exp.init_params, tmp_path / "phase", None)
+    assert not (tmp_path / "phase").exists()
+
+
 def test_tictactoe_sft_on_minimax_reports_win_draw_loss(tmp_path):
     from jaxagent.trainers import train_from_config
     summary = train_from_config(None, [

@@ -53,6 +53,15 @@ def _check_batch_split(episodes: int, mesh, key: str) -> None:
                           f"data x fsdp = {shards} devices")
 
 
+def _check_growing_history(loop) -> None:
+    """Training scores each episode as one packed sequence (:mod:`jaxagent.packing`), whose history only grows."""
+    if not loop.rewinds:
+        r = loop.renderer
+        raise ConfigError(f"config key 'prompt.history_window': training needs the whole history in the prompt "
+                          f"(packed episodes), got a window of {r.window} of the {r.horizon} steps; windows "
+                          f"apply to evaluation only")
+
+
 def _draw(pool, key, n: int, group_size: int = 1):
     """``n`` instances from the pool: ``n / group_size`` distinct ones, each repeated ``group_size`` times in a row."""
     size = jax.tree.leaves(pool)[0].shape[0]
@@ -88,6 +97,7 @@ def label_every_turn(expert, traj, key, pad_id: int):
 def train_sft(exp, params, directory: Path, log: RunLog, evaluate=None):
     cfg, loop = exp.cfg, exp.train_loop
     s = cfg.sft
+    _check_growing_history(loop)
     expert = sft_expert(exp)
     # Action noise widens the states the expert's data covers (e.g. a greedy expert that saw several arms);
     # every turn, the noisy ones included, is labelled with the expert's text for the state it saw.
@@ -127,6 +137,7 @@ def train_sft(exp, params, directory: Path, log: RunLog, evaluate=None):
 def train_rlft(exp, params, directory: Path, log: RunLog, evaluate=None):
     cfg, loop = exp.cfg, exp.train_loop
     rl, r = cfg.rl, cfg.rollout
+    _check_growing_history(loop)
     episodes = episodes_per_update(rl.batch_size, loop.num_steps, r.envs_per_rollout)
     updates_per_rollout = r.envs_per_rollout // episodes * rl.epochs
     k = micro_batches(rl.micro_batch_size, episodes, loop.num_steps, "rl.micro_batch_size")
