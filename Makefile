@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench base clean
 
 $(BIN)/jaxagent: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,14 @@ test: $(BIN)/jaxagent
 
 bench: $(BIN)/jaxagent
 	$(BIN)/jaxagent bench all --json runs/bench.json
+
+# Remakes the quickstart's shipped starting point (configs/nano_base.yaml; about an hour on 2 CPU cores).
+base: $(BIN)/jaxagent
+	$(BIN)/jaxagent train configs/nano_base.yaml
+	$(BIN)/jaxagent train configs/nano_base.yaml run.name=base-reading model.checkpoint=runs/base-clone/policy \
+		sft.action_noise=0.5 sft.num_updates=2500 sft.learning_rate=3e-3 run.checkpoint_every=250 eval.every=2500
+	$(BIN)/jaxagent export configs/nano_base.yaml checkpoint=runs/base-reading/policy \
+		out=jaxagent/assets/nano-greedy-base
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .jax_cache

@@ -48,6 +48,7 @@ def test_interrupted_sft_resumes_to_the_same_parameters(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("override, fragment", [
     ("model.checkpoint=/nonexistent/gemma", "model.checkpoint"),
+    ("model.checkpoint=shipped:no-such-model", "model.checkpoint"),
     ("env.name=bandit-gaussianx", "env"),
     ("model.preset=gemma2-3b", "model.preset"),
     ("model.mesh=[3,1,1]", "model.mesh"),
@@ -163,3 +164,17 @@ def test_the_command_line_names_a_bad_checkpoint_in_one_line(tmp_path, capsys, w
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("jaxagent: error: " + message.format(checkpoint))
+
+
+def test_the_quickstart_starts_from_the_shipped_nano_base_with_the_shipped_tokenizer():
+    from pathlib import Path
+
+    from jaxagent.model import GemmaConfig, load_policy
+    from jaxagent.text import shipped_tokenizer
+    from jaxagent.trainers.setup import _tokenizer, checkpoint_path
+
+    cfg = load_experiment(Path(__file__).parents[1] / "configs" / "quickstart.yaml", [])
+    assert cfg.model.checkpoint == "shipped:nano-greedy-base"
+    policy = load_policy(checkpoint_path(cfg.model.checkpoint))
+    assert policy.cfg == GemmaConfig.preset("nano")
+    assert _tokenizer(load_experiment(None, ["model.checkpoint=shipped:nano-greedy-base"])) is shipped_tokenizer()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +63,27 @@ def make_experiment_mesh(sizes: tuple[int, int, int]) -> Mesh:
     return make_mesh(*(n // known if s == -1 else s for s in sizes))
 
 
+SHIPPED = "shipped:"
+
+
+def checkpoint_path(value: str) -> Path:
+    """``model.checkpoint``: a directory, or ``shipped:NAME`` for a checkpoint shipped in ``jaxagent/assets``
+    (made with the shipped tokenizer)."""
+    if value.startswith(SHIPPED):
+        path = Path(str(resources.files("jaxagent") / "assets" / value[len(SHIPPED):]))
+    else:
+        path = Path(value)
+    if not path.is_dir():
+        raise ConfigError(f"config key 'model.checkpoint': directory not found: {path}")
+    return path
+
+
 def _tokenizer(cfg: ExperimentConfig):
-    path = cfg.model.tokenizer or cfg.model.checkpoint
-    if path is None or cfg.model.tokenizer == "shipped":
+    m = cfg.model
+    shipped_model = m.checkpoint is not None and m.checkpoint.startswith(SHIPPED)
+    if m.tokenizer == "shipped" or (m.tokenizer is None and (m.checkpoint is None or shipped_model)):
         return shipped_tokenizer()
-    return load_tokenizer(path)
+    return load_tokenizer(m.tokenizer or checkpoint_path(m.checkpoint))
 
 
 def _renderer(env, tokenizer, cfg: ExperimentConfig):
@@ -81,9 +98,7 @@ def _renderer(env, tokenizer, cfg: ExperimentConfig):
 def _model(cfg: ExperimentConfig, vocab_size: int, mesh: Mesh):
     m = cfg.model
     if m.checkpoint is not None:
-        if not Path(m.checkpoint).exists():
-            raise ConfigError(f"config key 'model.checkpoint': directory not found: {m.checkpoint}")
-        policy = load_policy(m.checkpoint, m.dtype, mesh=mesh)
+        policy = load_policy(checkpoint_path(m.checkpoint), m.dtype, mesh=mesh)
         model_cfg, params = policy.cfg, policy.params
     else:
         try:
