@@ -21,12 +21,17 @@ test: $(BIN)/jaxagent
 bench: $(BIN)/jaxagent
 	$(BIN)/jaxagent bench all --json runs/bench.json
 
-# Remakes the quickstart's shipped starting point (configs/nano_base.yaml; about an hour on 2 CPU cores).
+# Remakes the quickstart's shipped starting point, jaxagent/assets/nano-greedy-base (about an hour on 2 CPU
+# cores), with the quickstart's env, prompt and rationale: the nano model thought-cloned on the greedy expert,
+# 800 updates on the expert's own episodes, then 2,500 with half the turns played by a random arm, every turn
+# labelled with the expert's text for the history it saw.
+BASE := $(BIN)/jaxagent train configs/quickstart.yaml trainer=sft
 base: $(BIN)/jaxagent
-	$(BIN)/jaxagent train configs/nano_base.yaml
-	$(BIN)/jaxagent train configs/nano_base.yaml run.name=base-reading model.checkpoint=runs/base-clone/policy \
-		sft.action_noise=0.5 sft.num_updates=2500 sft.learning_rate=3e-3 run.checkpoint_every=250 eval.every=2500
-	$(BIN)/jaxagent export configs/nano_base.yaml checkpoint=runs/base-reading/policy \
+	$(BASE) model.checkpoint=null model.preset=nano sft.num_updates=800 sft.learning_rate=5e-3 \
+		eval.every=200 run.checkpoint_every=200 run.name=base-clone
+	$(BASE) model.checkpoint=runs/base-clone/policy sft.action_noise=0.5 sft.num_updates=2500 \
+		sft.learning_rate=3e-3 eval.every=2500 run.checkpoint_every=250 run.name=base-reading
+	$(BIN)/jaxagent export configs/quickstart.yaml checkpoint=runs/base-reading/policy \
 		out=jaxagent/assets/nano-greedy-base
 
 clean:
