@@ -117,6 +117,19 @@ def test_bandit_evaluation_reports_the_greedy_action_rate():
     assert rate["random"] < rate["ucb"] < 1.0
 
 
+def test_evaluating_the_same_parameters_again_reuses_the_curves():
+    from jaxagent.trainers.evaluate import Evaluator
+    exp = build(load_experiment(None, TINY))
+    evaluator = Evaluator(exp, 4, seed=3)
+    first = evaluator.model(exp.init_params)
+    assert evaluator.model(exp.init_params) is first
+    copy = jax.tree.map(lambda x: x + 0, exp.init_params)
+    again = evaluator.model(copy)
+    assert again is not first
+    for name in first:
+        np.testing.assert_array_equal(again[name], first[name])
+
+
 def test_exploration_mechanisms_shape_training_rollouts_only():
     exp = build(load_experiment(None, TINY + ["rollout.epsilon_greedy=true", "rollout.try_all=true"]))
     assert exp.train_loop.exploration is not None and exp.eval_loop.exploration is None

@@ -57,9 +57,15 @@ class Evaluator:
         self.pool = experiment.pool(pool_key, num_episodes)
         self._model = jax.jit(experiment.eval_loop.rollout)
         self.game = not experiment.bandit
+        self._last = (None, None)
 
     def model(self, params) -> dict[str, np.ndarray]:
-        return episode_curves(self._model(params, self.pool, self.key), self.exp.env.num_actions, self.game)
+        """Curves of the policy ``params``. The last result is kept: a phase's final periodic evaluation and the
+        report's evaluation of the parameters it returns are one evaluation."""
+        if self._last[0] is not params:
+            curves = episode_curves(self._model(params, self.pool, self.key), self.exp.env.num_actions, self.game)
+            self._last = (params, curves)
+        return self._last[1]
 
     def expert(self, expert) -> dict[str, np.ndarray]:
         """Curves of an expert (anything with ``act`` and ``width``, see :mod:`jaxagent.experts`)."""
