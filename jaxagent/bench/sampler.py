@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxagent.bench import median_seconds
 from jaxagent.model import GemmaConfig, forward, generate, init_params, load_hf, save_hf
-from jaxagent.model.gemma import param_shapes
+from jaxagent.model.gemma import dense, fuse_projections, param_shapes, unstack_layers
 
 PROMPT, NEW = 64, 64
 # In one process with XLA's thread pool, torch's spinning OpenMP workers can slow HF generate by 10-40x.
@@ -46,21 +46,20 @@ def make_checkpoint(path: str) -> bool:
 
 def floor_step(params, cfg: GemmaConfig, batch: int, repeats: int) -> float:
     """Seconds per decode step of the weight matmuls alone (no attention, norms or sampling)."""
-    layers = params["layers"]
-    mats = (layers["q"].reshape(cfg.num_layers, cfg.d_model, -1), layers["k"].reshape(cfg.num_layers, cfg.d_model, -1),
-            layers["v"].reshape(cfg.num_layers, cfg.d_model, -1), layers["o"].reshape(cfg.num_layers, -1, cfg.d_model),
-            layers["gate"], layers["up"], layers["down"])
+    # Per-layer arrays made outside the jitted loop (slicing stacked weights inside it is a copy on XLA:CPU), with
+    # q/k/v and gate/up each fused into one matrix, as the unrolled decode reads them.
+    mats = [(fused["qkv"].reshape(cfg.d_model, -1), fused["o"].reshape(-1, cfg.d_model), fused["gate_up"],
+             fused["down"]) for fused in map(fuse_projections, unstack_layers(params["layers"]))]
 
     @jax.jit
     def steps(mats, embed, x):
         def step(_, x):
-            def layer(x, m):
-                q, k, v, o, gate, up, down = m
-                a = (x @ q)[:, :o.shape[0]] + (x @ k).mean(-1, keepdims=True) + (x @ v).mean(-1, keepdims=True)
-                x = x + a @ o
-                return x + ((x @ gate) * (x @ up)) @ down, None
-            x, _ = jax.lax.scan(layer, x, mats)
-            return x + 1e-3 * (x @ embed.T)[:, :x.shape[1]]
+            for qkv, o, gate_up, down in mats:
+                a = dense(x, qkv)
+                x = x + dense(a[:, :o.shape[0]] + a[:, o.shape[0]:].mean(-1, keepdims=True), o)
+                gate, up = jnp.split(dense(x, gate_up), 2, axis=-1)
+                x = x + dense(gate * up, down)
+            return x + 1e-3 * dense(x, embed.T)[:, :x.shape[1]]
         return jax.lax.fori_loop(0, NEW, step, x)
 
     x = jnp.ones((batch, cfg.d_model), params["embed"].dtype)

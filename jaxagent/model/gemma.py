@@ -132,14 +132,15 @@ def _project(x: jax.Array, w: jax.Array) -> jax.Array:
     return dense(x, w.reshape(w.shape[0], -1)).reshape(*x.shape[:-1], *w.shape[1:])
 
 
-def _attention(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None):
+def _attention(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None, write_slot=None):
     """Attention of the chunk ``x[B, T, D]`` over stored key/value ``blocks`` and over the chunk itself.
 
     Each block is ``(k [Bk, K, hd, S], v [Bk, K, S, hd], key_positions [Bk, S], valid [B, S])`` where ``Bk``
     divides ``B``: block row ``i`` is shared by query rows ``i * B/Bk ...`` (e.g. one episode's history seen by
-    each of its steps), without repeating it. All blocks and the chunk are parts of one softmax, so stored
-    keys/values are only read. Returns the output and the chunk's keys/values ``[B, T, K, hd]`` for the caller
-    to store.
+    each of its steps), without repeating it. All blocks and the chunk are parts of one softmax. Returns the
+    output and the chunk's keys/values ``[B, T, K, hd]`` for the caller to store; with ``write_slot``, the chunk's
+    keys/values are first written into the last block (a per-row buffer, ``Bk = B``) at that slot, attended there,
+    and the updated buffer's keys/values are returned instead.
     """
     B, T, _ = x.shape
     K, G = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
@@ -149,6 +150,13 @@ def _attention(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None
         q, k, v = (_project(x, p[name]) for name in "qkv")
     q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
     q = (q * jnp.asarray(cfg.query_scale, q.dtype)).reshape(B, T, K, G, cfg.head_dim)
+    if write_slot is not None:
+        # Written before it is read, the buffer is updated in place; a separate read of the old buffer (attending
+        # to the chunk apart) made XLA:CPU copy it at every decode step.
+        *blocks, (bk, bv, key_positions, valid) = blocks
+        k = jax.lax.dynamic_update_slice_in_dim(bk, jnp.transpose(k, (0, 2, 3, 1)).astype(bk.dtype), write_slot, 3)
+        v = jax.lax.dynamic_update_slice_in_dim(bv, jnp.transpose(v, (0, 2, 1, 3)).astype(bv.dtype), write_slot, 2)
+        blocks = (*blocks, (k, v, key_positions, valid))
 
     def scores_of(bk, key_positions, valid):
         """Masked, soft-capped scores ``[Bk, K, G, R*T, S]`` of a block shared by ``R`` query rows."""
@@ -172,15 +180,16 @@ def _attention(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None
         return jnp.where(ok, _softcap(scores, cfg.attn_logit_softcap), NEG_INF)
 
     # One softmax over all blocks, without concatenating them: shared max, per-block exp and sums.
-    scores = [scores_of(bk, kp, ok) for bk, _, kp, ok in blocks] + [self_scores()]
+    scores = [scores_of(bk, kp, ok) for bk, _, kp, ok in blocks] + ([self_scores()] if write_slot is None else [])
     shared_by = [B // s.shape[0] for s in scores]
     top = functools.reduce(jnp.maximum, [_to_rows(jnp.max(s, axis=-1, keepdims=True), B) for s in scores])
     weights = [jnp.exp(s - _from_rows(top, r)) for s, r in zip(scores, shared_by)]
     total = sum(_to_rows(jnp.sum(w, axis=-1, keepdims=True), B) for w in weights)
-    out = jnp.einsum("bkgts,bskh->btkgh", (weights[-1] / total).astype(x.dtype), v)
-    for w, r, (_, bv, _, _) in zip(weights, shared_by, blocks):
-        out = out + _pv((w / _from_rows(total, r)).astype(x.dtype), bv).reshape(out.shape)
-    out = out.reshape(B, T, cfg.num_heads, cfg.head_dim)
+    parts = [_pv((w / _from_rows(total, r)).astype(x.dtype), bv).reshape(B, T, K, G, cfg.head_dim)
+             for w, r, (_, bv, _, _) in zip(weights, shared_by, blocks)]
+    if write_slot is None:
+        parts.append(jnp.einsum("bkgts,bskh->btkgh", (weights[-1] / total).astype(x.dtype), v))
+    out = functools.reduce(jnp.add, parts).reshape(B, T, cfg.num_heads, cfg.head_dim)
     return dense(out.reshape(B, T, -1), p["o"].reshape(-1, p["o"].shape[-1])), k, v
 
 
@@ -205,9 +214,10 @@ def _dense_bwd(out_dtype, residuals, dy):
 dense.defvjp(_dense_fwd, _dense_bwd)
 
 
-def _layer(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None):
+def _layer(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None, write_slot=None):
     eps = cfg.rms_norm_eps
-    h, k, v = _attention(p, cfg, rms_norm(x, p["attn_norm"], eps), positions, blocks, window, self_mask)
+    h, k, v = _attention(p, cfg, rms_norm(x, p["attn_norm"], eps), positions, blocks, window, self_mask,
+                         write_slot)
     x = x + rms_norm(h, p["post_attn_norm"], eps)
     h = rms_norm(x, p["ffw_norm"], eps)
     if "gate_up" in p:
@@ -222,7 +232,7 @@ def _pairs(a: jax.Array) -> jax.Array:
     return a.reshape(a.shape[0] // 2, 2, *a.shape[1:])
 
 
-def transformer(params, cfg: GemmaConfig, tokens, positions, blocks=(), self_mask=None):
+def transformer(params, cfg: GemmaConfig, tokens, positions, blocks=(), self_mask=None, write_slot=None):
     """Final-normed hidden states ``[B, T, D]`` and the chunk's keys/values ``[L, B, T, K, hd]``.
 
     ``blocks``: stored keys/values the chunk attends to besides itself, each
@@ -231,8 +241,11 @@ def transformer(params, cfg: GemmaConfig, tokens, positions, blocks=(), self_mas
     Within the chunk, token ``t`` attends to token ``s`` when ``positions[s] <= positions[t]``, or, if given,
     where ``self_mask[b, t, s]`` (bool ``[B, T, T]``, e.g. several episodes packed in one row); the sliding
     window applies to positions either way.
+    ``write_slot`` (decoding into a buffer): the last block is a per-row buffer (``Bk = B``) that receives the
+    chunk's keys/values at that slot before attention reads it (its ``valid`` must include the chunk's slots);
+    the updated buffer's keys/values are returned in place of the chunk's.
     With ``params["layers"]`` and the blocks' keys/values as :func:`unstack_layers` tuples, the layers run as a
-    Python loop instead of a scan.
+    Python loop instead of a scan; written buffers then come back as such tuples too.
     """
     embed = params["embed"]
     x = embed[tokens] * jnp.asarray(math.sqrt(cfg.d_model), embed.dtype)
@@ -242,16 +255,23 @@ def transformer(params, cfg: GemmaConfig, tokens, positions, blocks=(), self_mas
         new_kv = []
         for i, p in enumerate(layers):
             layer_blocks = [(bk[i], bv[i], kp, ok) for (bk, bv), (_, _, kp, ok) in zip(kvs, blocks)]
-            x, k, v = _layer(p, cfg, x, positions, layer_blocks, (cfg.sliding_window, None)[i % 2], self_mask)
+            x, k, v = _layer(p, cfg, x, positions, layer_blocks, (cfg.sliding_window, None)[i % 2], self_mask,
+                             write_slot)
             new_kv.append((k, v))
-        return x, tuple(jnp.stack(a) for a in zip(*new_kv))
+        return x, tuple(zip(*new_kv))
+
+    def stacked(x, kvs):
+        return x, tuple(jnp.stack(a) for a in kvs)
 
     if isinstance(params["layers"], tuple):
         x, (new_k, new_v) = run_layers(x, params["layers"], [(bk, bv) for bk, bv, _, _ in blocks])
+        if write_slot is None:
+            x, (new_k, new_v) = stacked(x, (new_k, new_v))
     else:
         # Under differentiation, keep only the weight matmuls' outputs: the [.., T, S] attention scores are cheaper
         # to recompute in the backward pass than to store for every layer.
-        pair_step = jax.checkpoint(lambda x, xs: run_layers(x, unstack_layers(xs[0]), xs[1]), prevent_cse=False,
+        pair_step = jax.checkpoint(lambda x, xs: stacked(*run_layers(x, unstack_layers(xs[0]), xs[1])),
+                                   prevent_cse=False,
                                    policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
         kv_xs = [(_pairs(bk), _pairs(bv)) for bk, bv, _, _ in blocks]
         x, (new_k, new_v) = jax.lax.scan(pair_step, x, (jax.tree.map(_pairs, params["layers"]), kv_xs))

@@ -96,30 +96,42 @@ def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key
     """
     B, G = last_logits.shape[0], max_new_tokens
     stops = jnp.asarray(tuple(stop_tokens) or (-1,), jnp.int32)
-    # New tokens go to a small buffer at a shared slot per step (an in-place update, no per-row scatter);
-    # the cache is only read while decoding and receives the buffer once at the end.
     start = cache.end
     L, K, hd = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim
     gen_positions = start[:, None] + jnp.arange(G, dtype=jnp.int32)[None, :]
-    history = cache_block(cache, length=history_len)
-
+    hist_k, hist_v, hist_slots, hist_valid = cache_block(cache, length=history_len)
+    H = hist_slots.shape[1]
     gen_k, gen_v = jnp.zeros((L, B, K, hd, G), cache.k.dtype), jnp.zeros((L, B, K, G, hd), cache.v.dtype)
-    decode_params = params
+    # Step i writes the same buffer slot in every row (in place, no per-row scatter); the cache itself is only
+    # read while decoding and receives the new tokens once at the end.
     if unroll_layers:
+        # One buffer per layer holds the history and the new tokens; step i writes its slot before attention
+        # reads the buffer: one softmax part per layer and no per-step copy of the buffer.
         decode_params = dict(params, layers=tuple(map(fuse_projections, unstack_layers(params["layers"]))))
-        history = (unstack_layers(history[0]), unstack_layers(history[1])) + history[2:]
-        gen_k, gen_v = unstack_layers(gen_k), unstack_layers(gen_v)
+        buffers = (unstack_layers(jnp.concatenate([hist_k, gen_k], axis=4)),
+                   unstack_layers(jnp.concatenate([hist_v, gen_v], axis=3)))
+        key_positions = jnp.concatenate([hist_slots, gen_positions], axis=1)
+        filled = jnp.concatenate([hist_valid, jnp.ones((B, G), bool)], axis=1)
 
-    def store(buffer, new, i, slot_axis):
-        """Write the step's keys or values ``[L, B, 1, K, hd]`` at slot ``i`` of the buffer, in place."""
-        new = jnp.moveaxis(new, 2, slot_axis)
-        at = tuple(i if axis == slot_axis else 0 for axis in range(5))
-        if unroll_layers:
-            return tuple(jax.lax.dynamic_update_slice(b, n.astype(b.dtype), at[1:]) for b, n in zip(buffer, new))
-        return jax.lax.dynamic_update_slice(buffer, new.astype(buffer.dtype), at)
+        def decode(buffers, tok, i):
+            block = (*buffers, key_positions, filled & (jnp.arange(H + G) <= H + i))
+            h, k, v = transformer(decode_params, cfg, tok[:, None], (start + i)[:, None], (block,),
+                                  write_slot=H + i)
+            return h, (k, v)
+    else:
+        # Scanned layers: a buffer written inside the scan would be copied through it at every step, so the
+        # stacked history is only read and the step's keys/values are stored after the layers.
+        history, buffers = (hist_k, hist_v, hist_slots, hist_valid), (gen_k, gen_v)
+
+        def decode(buffers, tok, i):
+            block = (*buffers, gen_positions, jnp.broadcast_to(jnp.arange(G) < i, (B, G)))
+            h, k, v = transformer(params, cfg, tok[:, None], (start + i)[:, None], (history, block))
+            k, v = jnp.moveaxis(k, 2, 4).astype(gen_k.dtype), jnp.moveaxis(v, 2, 3).astype(gen_v.dtype)
+            return h, (jax.lax.dynamic_update_slice_in_dim(buffers[0], k, i, 4),
+                       jax.lax.dynamic_update_slice_in_dim(buffers[1], v, i, 3))
 
     def body(state):
-        i, gen_k, gen_v, logits, key, toks, logps, lengths, done = state
+        i, buffers, logits, key, toks, logps, lengths, done = state
         key, sub = jax.random.split(key)
         if temperature > 0:
             # Gumbel-max: the same draw as jax.random.categorical(sub, ...).
@@ -129,25 +141,22 @@ def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key
             tok = _argmax(logits)
         tok = jnp.where(done, cfg.pad_id, tok).astype(jnp.int32)
         lp = jnp.where(done, 0.0, token_logprobs(logits, tok, temperature))
-        written = jnp.broadcast_to(jnp.arange(G) < i, (B, G))
-        h, k, v = transformer(decode_params, cfg, tok[:, None], (start + i)[:, None],
-                              (history, (gen_k, gen_v, gen_positions, written)))
-        gen_k, gen_v = store(gen_k, k, i, 4), store(gen_v, v, i, 3)
+        h, buffers = decode(buffers, tok, i)
         toks = jax.lax.dynamic_update_slice(toks, tok[:, None], (0, i))
         logps = jax.lax.dynamic_update_slice(logps, lp[:, None], (0, i))
         active = ~done
         done = done | (active & jnp.isin(tok, stops))
-        return (i + 1, gen_k, gen_v, unembed(params, cfg, h[:, 0]), key, toks, logps, lengths + active, done)
+        return (i + 1, buffers, unembed(params, cfg, h[:, 0]), key, toks, logps, lengths + active, done)
 
     def cond(state):
         return (state[0] < G) & ~jnp.all(state[-1])
 
-    state = (jnp.int32(0), gen_k, gen_v, last_logits.astype(jnp.float32), key,
+    state = (jnp.int32(0), buffers, last_logits.astype(jnp.float32), key,
              jnp.full((B, G), cfg.pad_id, jnp.int32), jnp.zeros((B, G), jnp.float32), jnp.zeros((B,), jnp.int32),
              jnp.zeros((B,), bool))
-    _, gen_k, gen_v, _, _, toks, logps, lengths, _ = jax.lax.while_loop(cond, body, state)
+    _, (gen_k, gen_v), _, _, toks, logps, lengths, _ = jax.lax.while_loop(cond, body, state)
     if unroll_layers:
-        gen_k, gen_v = jnp.stack(gen_k), jnp.stack(gen_v)
+        gen_k, gen_v = jnp.stack(gen_k)[..., H:], jnp.stack(gen_v)[:, :, :, H:]
     cache = write_kv(cache, jnp.moveaxis(gen_k, 4, 2), jnp.swapaxes(gen_v, 2, 3), gen_positions)
     return cache.replace(end=jnp.minimum(start + lengths, cache.max_len)), toks, logps, lengths
 
