@@ -170,9 +170,11 @@ class AgentLoop:
         r, cfg = self.renderer, self.model_cfg
         B = jax.tree.leaves(env_params)[0].shape[0]
         cache = init_cache(cfg, B, self.cache_len, model_params["embed"].dtype)
+        if self.unroll_layers:
+            model_params = sampler.unrolled(model_params)
         prefix_tokens, prefix_len = r.prefix
         cache, _ = sampler.append(model_params, cfg, cache, jnp.broadcast_to(prefix_tokens, (B, prefix_len)),
-                                  jnp.full((B,), prefix_len, jnp.int32))
+                                  jnp.full((B,), prefix_len, jnp.int32), unroll_layers=self.unroll_layers)
 
         def generate(extra, key, state, first, line, tail, history_len):
             cache, end_of_history = extra
@@ -185,7 +187,7 @@ class AgentLoop:
                 new, new_len = jax.vmap(r.render)(state, env_params)
                 cache = sampler.rewind(cache, jnp.zeros((B,), jnp.int32))
             # The history before this step's append is at most as long as the bound after it.
-            cache, logits = sampler.append(model_params, cfg, cache, new, new_len, history_len)
+            cache, logits = sampler.append(model_params, cfg, cache, new, new_len, history_len, self.unroll_layers)
             cache, gen, logp, gen_len = sampler.sample(
                 model_params, cfg, cache, logits, key, max_new_tokens=self.max_new_tokens,
                 temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, stop_tokens=self.stop_tokens,

@@ -43,7 +43,9 @@ def _ragged(rng, lengths, vocab, width=None):
     return toks
 
 
-def test_twenty_turn_episode_with_rewinds_equals_reprefill(model):
+@pytest.mark.parametrize("unroll_layers", [False, True])
+def test_twenty_turn_episode_with_rewinds_equals_reprefill(model, unroll_layers):
+    """Also past the sliding window, where unrolled layers read only the window's slots in local layers."""
     cfg, params = model
     rng = np.random.default_rng(0)
     B, turns, max_len = 3, 20, 160
@@ -58,10 +60,13 @@ def test_twenty_turn_episode_with_rewinds_equals_reprefill(model):
         tail_len = rng.integers(1, 6, size=B)
         line, tail = _ragged(rng, hist_len, cfg.vocab_size, 5), _ragged(rng, tail_len, cfg.vocab_size, 5)
         cache = rewind(cache, jnp.asarray(end_of_history))
-        cache, _ = append_jit(params, cfg, cache, jnp.asarray(line), jnp.asarray(hist_len))
+        cache, _ = append_jit(params, cfg, cache, jnp.asarray(line), jnp.asarray(hist_len),
+                              unroll_layers=unroll_layers)
         end_of_history = np.asarray(cache.end)
-        cache, logits = append_jit(params, cfg, cache, jnp.asarray(tail), jnp.asarray(tail_len))
-        cache, toks, logps, lengths = sample_jit(params, cfg, cache, logits, jax.random.key(t), max_new_tokens=G)
+        cache, logits = append_jit(params, cfg, cache, jnp.asarray(tail), jnp.asarray(tail_len),
+                                   unroll_layers=unroll_layers)
+        cache, toks, logps, lengths = sample_jit(params, cfg, cache, logits, jax.random.key(t), max_new_tokens=G,
+                                                    unroll_layers=unroll_layers)
         np.testing.assert_array_equal(np.asarray(lengths), G)
         np.testing.assert_array_equal(np.asarray(cache.end), np.asarray(end_of_history) + tail_len + G)
         for b in range(B):
@@ -242,3 +247,21 @@ def test_argmax_takes_the_first_maximum():
 
     x = np.array([[0.0, 3.0, 3.0, -np.inf], [-np.inf, -np.inf, -1.0, -1.0], [2.0, 1.0, 2.0, 0.0]], np.float32)
     np.testing.assert_array_equal(np.asarray(_argmax(jnp.asarray(x))), np.argmax(x, axis=-1))
+
+
+def test_inverse_cdf_draw_follows_softmax_and_never_draws_excluded_tokens():
+    from jaxagent.model.sampler import _draw
+
+    V, n = 50, 200_000  # 50 tokens: blocks of 8, the last one padded
+    rng = np.random.default_rng(0)
+    row = rng.normal(size=V).astype(np.float32) * 2
+    row[[0, 7, 8, 31, 48, 49]] = -np.inf  # block edges and the padded block's end
+    p = np.exp(row - row.max()) / np.exp(row - row.max()).sum()
+    logits = jnp.asarray(np.tile(row, (n, 1)))
+    drawn = np.asarray(jax.jit(_draw)(logits, jax.random.uniform(jax.random.key(0), (n,))))
+    freq = np.bincount(drawn, minlength=V) / n
+    assert freq[p == 0].sum() == 0
+    assert np.abs(freq - p).max() < 4 * np.sqrt(p.max() / n)
+    # The ends of [0, 1) land on the first and last tokens of positive probability.
+    ends = np.asarray(_draw(logits[:2], jnp.asarray([0.0, np.nextafter(np.float32(1), np.float32(0))])))
+    np.testing.assert_array_equal(ends, [np.flatnonzero(p)[0], np.flatnonzero(p)[-1]])

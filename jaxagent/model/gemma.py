@@ -245,7 +245,8 @@ def transformer(params, cfg: GemmaConfig, tokens, positions, blocks=(), self_mas
     chunk's keys/values at that slot before attention reads it (its ``valid`` must include the chunk's slots);
     the updated buffer's keys/values are returned in place of the chunk's.
     With ``params["layers"]`` and the blocks' keys/values as :func:`unstack_layers` tuples, the layers run as a
-    Python loop instead of a scan; written buffers then come back as such tuples too.
+    Python loop instead of a scan; written buffers then come back as such tuples too. A block's key positions
+    and valid mask, and ``write_slot``, may then also be per-layer tuples (buffers of different widths).
     """
     embed = params["embed"]
     x = embed[tokens] * jnp.asarray(math.sqrt(cfg.d_model), embed.dtype)
@@ -254,9 +255,10 @@ def transformer(params, cfg: GemmaConfig, tokens, positions, blocks=(), self_mas
         """Apply ``layers[i]`` in order (even ``i``: sliding window); ``kvs[n][0|1][i]`` is block ``n``'s k/v."""
         new_kv = []
         for i, p in enumerate(layers):
-            layer_blocks = [(bk[i], bv[i], kp, ok) for (bk, bv), (_, _, kp, ok) in zip(kvs, blocks)]
+            layer_blocks = [(bk[i], bv[i], _of_layer(kp, i), _of_layer(ok, i))
+                            for (bk, bv), (_, _, kp, ok) in zip(kvs, blocks)]
             x, k, v = _layer(p, cfg, x, positions, layer_blocks, (cfg.sliding_window, None)[i % 2], self_mask,
-                             write_slot)
+                             _of_layer(write_slot, i))
             new_kv.append((k, v))
         return x, tuple(zip(*new_kv))
 
@@ -277,6 +279,10 @@ def transformer(params, cfg: GemmaConfig, tokens, positions, blocks=(), self_mas
         x, (new_k, new_v) = jax.lax.scan(pair_step, x, (jax.tree.map(_pairs, params["layers"]), kv_xs))
         new_k, new_v = new_k.reshape(-1, *new_k.shape[2:]), new_v.reshape(-1, *new_v.shape[2:])
     return rms_norm(x, params["final_norm"], cfg.rms_norm_eps), new_k, new_v
+
+
+def _of_layer(x, i: int):
+    return x[i] if isinstance(x, tuple) else x
 
 
 def unstack_layers(tree) -> tuple:

@@ -10,6 +10,7 @@ policy is smooth in the parameters and ``score`` with the same temperature retur
 from __future__ import annotations
 
 import functools
+import math
 from typing import Sequence
 
 import jax
@@ -26,15 +27,21 @@ def _last(params, cfg: GemmaConfig, h: jax.Array, lengths: jax.Array) -> jax.Arr
 
 
 def append(params, cfg: GemmaConfig, cache: KVCache, tokens: jax.Array, lengths: jax.Array,
-           history_len: int | None = None):
+           history_len: int | None = None, unroll_layers: bool = False):
     """Prefill ``tokens[b, :lengths[b]]`` after each row's end: ``(cache, last_logits[B, V])``.
 
     ``last_logits[b]`` are the logits at row ``b``'s last appended token (undefined where ``lengths[b] == 0``).
     ``history_len`` (static): a bound on every row's ``cache.end``; only that many slots are read.
+    ``unroll_layers`` (static): as in :func:`sample`, whose sliding-window layers read only the window's slots.
     """
     lengths = lengths.astype(jnp.int32)
     positions = cache.end[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
-    h, cache = hidden_states(params, cfg, tokens, positions, cache, history_len)
+    if unroll_layers:
+        history = _layer_histories(cfg, cache_block(cache, length=history_len), cache.end)
+        h, k, v = transformer(unrolled(params), cfg, tokens, positions, (tuple(zip(*history)),))
+        cache = write_kv(cache, k, v, positions)
+    else:
+        h, cache = hidden_states(params, cfg, tokens, positions, cache, history_len)
     return cache.replace(end=jnp.minimum(cache.end + lengths, cache.max_len)), _last(params, cfg, h, lengths)
 
 
@@ -74,6 +81,35 @@ def _argmax(x: jax.Array) -> jax.Array:
     return jnp.min(jnp.where(x == top, jnp.arange(x.shape[-1], dtype=jnp.int32), x.shape[-1]), axis=-1)
 
 
+def _first_above(cumulative: jax.Array, target: jax.Array, weights: jax.Array) -> jax.Array:
+    """Per row, the first index where ``cumulative`` (of ``weights`` >= 0) exceeds ``target``; where rounding
+    leaves none, the last index of positive weight. Either way an index of positive weight."""
+    first = jnp.sum(cumulative <= target[:, None], axis=-1)
+    last = jnp.max(jnp.where(weights > 0, jnp.arange(weights.shape[-1]), 0), axis=-1)
+    return jnp.minimum(first, last)
+
+
+def _draw(logits: jax.Array, u: jax.Array) -> jax.Array:
+    """Token ``i`` of each row with probability ``softmax(logits)[i]`` (``-inf``: never), found by inverting the
+    cumulative distribution at ``u[B]`` ~ U[0, 1): first among blocks of about sqrt(V) tokens, then within the
+    block. One uniform number per row instead of Gumbel-max's V, and two short cumulative sums instead of one
+    over V: on CPU both threefry and long cumulative sums run as many small loops."""
+    B, V = logits.shape
+    width = math.isqrt(V - 1) + 1
+    blocks = -(-V // width)
+    w = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
+    w = jnp.pad(w, ((0, 0), (0, blocks * width - V))).reshape(B, blocks, width)
+    block_w = jnp.sum(w, axis=-1)
+    block_cum = jnp.cumsum(block_w, axis=-1)
+    target = u * block_cum[:, -1]
+    block = _first_above(block_cum, target, block_w)
+    before = jnp.where(block > 0, jnp.take_along_axis(block_cum, jnp.maximum(block - 1, 0)[:, None], axis=1)[:, 0],
+                       0.0)
+    in_block = jnp.take_along_axis(w, block[:, None, None], axis=1)[:, 0]
+    token = _first_above(jnp.cumsum(in_block, axis=-1), jnp.maximum(target - before, 0.0), in_block)
+    return (block * width + token).astype(jnp.int32)
+
+
 def token_logprobs(logits: jax.Array, tokens: jax.Array, temperature: float) -> jax.Array:
     """``log_softmax(logits / temperature)[tokens]`` in float32; temperature 0 (greedy) counts as 1."""
     t = temperature if temperature > 0 else 1.0
@@ -92,7 +128,8 @@ def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key
     ``history_len`` (static): a bound on every row's ``cache.end``; decoding then reads only that many slots.
     ``unroll_layers`` (static): decode with the layers as a Python loop over per-layer weights and keys/values
     (see :func:`jaxagent.model.gemma.unstack_layers`), q/k/v and gate/up fused into one matmul each: faster where
-    XLA copies the slices of stacked weights (XLA:CPU), at a compile time that grows with depth.
+    XLA copies the slices of stacked weights (XLA:CPU), at a compile time that grows with depth; sliding-window
+    layers then read only the ``window - 1`` history slots they can see.
     """
     B, G = last_logits.shape[0], max_new_tokens
     stops = jnp.asarray(tuple(stop_tokens) or (-1,), jnp.int32)
@@ -100,23 +137,25 @@ def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key
     L, K, hd = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim
     gen_positions = start[:, None] + jnp.arange(G, dtype=jnp.int32)[None, :]
     hist_k, hist_v, hist_slots, hist_valid = cache_block(cache, length=history_len)
-    H = hist_slots.shape[1]
     gen_k, gen_v = jnp.zeros((L, B, K, hd, G), cache.k.dtype), jnp.zeros((L, B, K, G, hd), cache.v.dtype)
     # Step i writes the same buffer slot in every row (in place, no per-row scatter); the cache itself is only
     # read while decoding and receives the new tokens once at the end.
     if unroll_layers:
         # One buffer per layer holds the history and the new tokens; step i writes its slot before attention
         # reads the buffer: one softmax part per layer and no per-step copy of the buffer.
-        decode_params = dict(params, layers=tuple(map(fuse_projections, unstack_layers(params["layers"]))))
-        buffers = (unstack_layers(jnp.concatenate([hist_k, gen_k], axis=4)),
-                   unstack_layers(jnp.concatenate([hist_v, gen_v], axis=3)))
-        key_positions = jnp.concatenate([hist_slots, gen_positions], axis=1)
-        filled = jnp.concatenate([hist_valid, jnp.ones((B, G), bool)], axis=1)
+        decode_params = unrolled(params)
+        history = _layer_histories(cfg, (hist_k, hist_v, hist_slots, hist_valid), start)
+        widths = tuple(slots.shape[1] for _, _, slots, _ in history)
+        buffers = (tuple(jnp.concatenate([k, gen_k[0]], axis=3) for k, _, _, _ in history),
+                   tuple(jnp.concatenate([v, gen_v[0]], axis=2) for _, v, _, _ in history))
+        key_positions = tuple(jnp.concatenate([slots, gen_positions], axis=1) for _, _, slots, _ in history)
+        filled = tuple(jnp.concatenate([ok, jnp.ones((B, G), bool)], axis=1) for _, _, _, ok in history)
 
         def decode(buffers, tok, i):
-            block = (*buffers, key_positions, filled & (jnp.arange(H + G) <= H + i))
+            block = (*buffers, key_positions,
+                     tuple(f & (jnp.arange(w + G) <= w + i) for f, w in zip(filled, widths)))
             h, k, v = transformer(decode_params, cfg, tok[:, None], (start + i)[:, None], (block,),
-                                  write_slot=H + i)
+                                  write_slot=tuple(w + i for w in widths))
             return h, (k, v)
     else:
         # Scanned layers: a buffer written inside the scan would be copied through it at every step, so the
@@ -130,13 +169,12 @@ def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key
             return h, (jax.lax.dynamic_update_slice_in_dim(buffers[0], k, i, 4),
                        jax.lax.dynamic_update_slice_in_dim(buffers[1], v, i, 3))
 
+    uniforms = jax.random.uniform(key, (G, B))  # drawn at once: a threefry call is a loop of small ops on CPU
+
     def body(state):
-        i, buffers, logits, key, toks, logps, lengths, done = state
-        key, sub = jax.random.split(key)
+        i, buffers, logits, toks, logps, lengths, done = state
         if temperature > 0:
-            # Gumbel-max: the same draw as jax.random.categorical(sub, ...).
-            filtered = _filter(logits / temperature, top_k, top_p)
-            tok = _argmax(filtered + jax.random.gumbel(sub, filtered.shape, filtered.dtype))
+            tok = _draw(_filter(logits / temperature, top_k, top_p), uniforms[i])
         else:
             tok = _argmax(logits)
         tok = jnp.where(done, cfg.pad_id, tok).astype(jnp.int32)
@@ -146,19 +184,45 @@ def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key
         logps = jax.lax.dynamic_update_slice(logps, lp[:, None], (0, i))
         active = ~done
         done = done | (active & jnp.isin(tok, stops))
-        return (i + 1, buffers, unembed(params, cfg, h[:, 0]), key, toks, logps, lengths + active, done)
+        return (i + 1, buffers, unembed(params, cfg, h[:, 0]), toks, logps, lengths + active, done)
 
     def cond(state):
         return (state[0] < G) & ~jnp.all(state[-1])
 
-    state = (jnp.int32(0), buffers, last_logits.astype(jnp.float32), key,
+    state = (jnp.int32(0), buffers, last_logits.astype(jnp.float32),
              jnp.full((B, G), cfg.pad_id, jnp.int32), jnp.zeros((B, G), jnp.float32), jnp.zeros((B,), jnp.int32),
              jnp.zeros((B,), bool))
-    _, (gen_k, gen_v), _, _, toks, logps, lengths, _ = jax.lax.while_loop(cond, body, state)
+    _, (gen_k, gen_v), _, toks, logps, lengths, _ = jax.lax.while_loop(cond, body, state)
     if unroll_layers:
-        gen_k, gen_v = jnp.stack(gen_k)[..., H:], jnp.stack(gen_v)[:, :, :, H:]
+        gen_k = jnp.stack([k[..., w:] for k, w in zip(gen_k, widths)])
+        gen_v = jnp.stack([v[:, :, w:] for v, w in zip(gen_v, widths)])
     cache = write_kv(cache, jnp.moveaxis(gen_k, 4, 2), jnp.swapaxes(gen_v, 2, 3), gen_positions)
     return cache.replace(end=jnp.minimum(start + lengths, cache.max_len)), toks, logps, lengths
+
+
+def unrolled(params) -> dict:
+    """Parameters for a Python loop over layers: per-layer weights, q/k/v and gate/up fused. ``append`` and
+    ``sample`` with ``unroll_layers`` accept them as they are (prepare them once for many calls)."""
+    if isinstance(params["layers"], tuple):
+        return params
+    return dict(params, layers=tuple(map(fuse_projections, unstack_layers(params["layers"]))))
+
+
+def _layer_histories(cfg: GemmaConfig, history, start: jax.Array) -> list:
+    """Per layer, the history slots it can attend to while decoding from ``start``: a sliding-window layer sees
+    only the ``window - 1`` slots before ``start`` (gathered per row), a global layer all of ``history``
+    (``(k [L, B, K, hd, H], v [L, B, K, H, hd], slots [B, H], valid [B, H])``)."""
+    hist_k, hist_v, slots, valid = history
+    seen = cfg.sliding_window - 1
+    layers = [(k, v, slots, valid) for k, v in zip(unstack_layers(hist_k), unstack_layers(hist_v))]
+    if seen >= slots.shape[1]:
+        return layers
+    window = start[:, None] + jnp.arange(-seen, 0, dtype=jnp.int32)
+    at = jnp.maximum(window, 0)
+    layers[0::2] = [(jnp.take_along_axis(k, at[:, None, None, :], axis=3),
+                     jnp.take_along_axis(v, at[:, None, :, None], axis=2), window, window >= 0)
+                    for k, v, _, _ in layers[0::2]]
+    return layers
 
 
 def score(params, cfg: GemmaConfig, tokens: jax.Array, *, temperature: float = 1.0, positions=None,
@@ -189,7 +253,7 @@ def generate(params, cfg: GemmaConfig, prompts: jax.Array, prompt_lengths: jax.A
                   unroll_layers=unroll_layers)
 
 
-append_jit = jax.jit(append, static_argnames=("cfg", "history_len"), donate_argnames=("cache",))
+append_jit = jax.jit(append, static_argnames=("cfg", "history_len", "unroll_layers"), donate_argnames=("cache",))
 sample_jit = jax.jit(sample, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "top_p",
                                               "stop_tokens", "history_len", "unroll_layers"),
                      donate_argnames=("cache",))
