@@ -209,13 +209,13 @@ def unrolled(params) -> dict:
 
 
 def _layer_histories(cfg: GemmaConfig, history, start: jax.Array) -> list:
-    """Per layer, the history slots it can attend to while decoding from ``start``: a sliding-window layer sees
-    only the ``window - 1`` slots before ``start`` (gathered per row), a global layer all of ``history``
-    (``(k [L, B, K, hd, H], v [L, B, K, H, hd], slots [B, H], valid [B, H])``)."""
+    """Per layer, the slots of ``history`` (``(k [L, B, K, hd, H], v [L, B, K, H, hd], slots [B, H], valid [B, H])``)
+    it reads while decoding from ``start``: all of them, except that where the window is under half of the
+    history, a sliding-window layer reads only the ``window - 1`` slots before ``start`` (gathered per row)."""
     hist_k, hist_v, slots, valid = history
     seen = cfg.sliding_window - 1
     layers = [(k, v, slots, valid) for k, v in zip(unstack_layers(hist_k), unstack_layers(hist_v))]
-    if seen >= slots.shape[1]:
+    if 2 * seen > slots.shape[1]:  # the gather is a copy: worth it only where it skips most of the history
         return layers
     window = start[:, None] + jnp.arange(-seen, 0, dtype=jnp.int32)
     at = jnp.maximum(window, 0)
