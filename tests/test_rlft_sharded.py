@@ -98,7 +98,8 @@ def test_rlft_update_on_eight_fake_devices_matches_one_device(tmp_path):
         np.testing.assert_allclose(g["loss"], w["loss"], rtol=1e-5, atol=1e-6)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g["grads"], w["grads"])
     # Adam divides by sqrt(v): rounding in tiny gradients moves parameters by a small fraction of the 1e-2 step
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-4), got_params, want_params)
+    # (up to ~1% of it seen here); a wrong reduction or optimizer-state sharding would be off by whole steps.
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-3), got_params, want_params)
 
 
 def _sharded(path):
