@@ -21,7 +21,8 @@ import numpy as np
 
 from jaxagent.bench import median_seconds
 from jaxagent.model import GemmaConfig, forward, generate, init_params, load_hf, save_hf
-from jaxagent.model.gemma import dense, fuse_projections, param_shapes, unstack_layers
+from jaxagent.model.gemma import dense, param_shapes
+from jaxagent.model.sampler import unrolled
 
 PROMPT, NEW = 64, 64
 # In one process with XLA's thread pool, torch's spinning OpenMP workers can slow HF generate by 10-40x.
@@ -49,7 +50,7 @@ def floor_step(params, cfg: GemmaConfig, batch: int, repeats: int) -> float:
     # Per-layer arrays made outside the jitted loop (slicing stacked weights inside it is a copy on XLA:CPU), with
     # q/k/v and gate/up each fused into one matrix, as the unrolled decode reads them.
     mats = [(fused["qkv"].reshape(cfg.d_model, -1), fused["o"].reshape(-1, cfg.d_model), fused["gate_up"],
-             fused["down"]) for fused in map(fuse_projections, unstack_layers(params["layers"]))]
+             fused["down"]) for fused in unrolled(params)["layers"]]
 
     @jax.jit
     def steps(mats, embed, x):

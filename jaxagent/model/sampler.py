@@ -169,7 +169,8 @@ def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key
             return h, (jax.lax.dynamic_update_slice_in_dim(buffers[0], k, i, 4),
                        jax.lax.dynamic_update_slice_in_dim(buffers[1], v, i, 3))
 
-    uniforms = jax.random.uniform(key, (G, B))  # drawn at once: a threefry call is a loop of small ops on CPU
+    if temperature > 0:
+        uniforms = jax.random.uniform(key, (G, B))  # drawn at once: a threefry call is a loop of small ops on CPU
 
     def body(state):
         i, buffers, logits, toks, logps, lengths, done = state
