@@ -48,24 +48,27 @@ def make_checkpoint(path: str) -> bool:
 def floor_step(params, cfg: GemmaConfig, batch: int, repeats: int) -> float:
     """Seconds per decode step of the weight matmuls alone (no attention, norms or sampling)."""
     # Per-layer arrays made outside the jitted loop (slicing stacked weights inside it is a copy on XLA:CPU), with
-    # q/k/v and gate/up each fused into one matrix, as the unrolled decode reads them.
+    # q/k/v and gate/up each fused into one matrix and the output embedding as [D, V], as the unrolled decode
+    # reads them.
+    prepared = unrolled(params)
     mats = [(fused["qkv"].reshape(cfg.d_model, -1), fused["o"].reshape(-1, cfg.d_model), fused["gate_up"],
-             fused["down"]) for fused in unrolled(params)["layers"]]
+             fused["down"]) for fused in prepared["layers"]]
+    out = jnp.asarray(prepared["unembed"])  # materialised, so that the dot cannot fold the transpose back
 
     @jax.jit
-    def steps(mats, embed, x):
+    def steps(mats, out, x):
         def step(_, x):
             for qkv, o, gate_up, down in mats:
                 a = dense(x, qkv)
                 x = x + dense(a[:, :o.shape[0]] + a[:, o.shape[0]:].mean(-1, keepdims=True), o)
                 gate, up = jnp.split(dense(x, gate_up), 2, axis=-1)
                 x = x + dense(gate * up, down)
-            return x + 1e-3 * dense(x, embed.T)[:, :x.shape[1]]
+            return x + 1e-3 * dense(x, out)[:, :x.shape[1]]
         return jax.lax.fori_loop(0, NEW, step, x)
 
     x = jnp.ones((batch, cfg.d_model), params["embed"].dtype)
-    jax.block_until_ready(steps(mats, params["embed"], x))
-    return median_seconds(lambda: jax.block_until_ready(steps(mats, params["embed"], x)), repeats) / NEW
+    jax.block_until_ready(steps(mats, out, x))
+    return median_seconds(lambda: jax.block_until_ready(steps(mats, out, x)), repeats) / NEW
 
 
 def _ours(params, cfg, prompts, repeats):
