@@ -6,6 +6,10 @@ same process, prints a table (medians, ratio, compile time apart) and returns th
 import statistics
 import time
 
+import jax
+
+from jaxagent.model.sharding import batch_sharding, make_mesh, param_shardings
+
 
 def median_seconds(fn, repeats: int) -> float:
     """Median wall time of ``repeats`` calls of ``fn`` (which must block until its work is done)."""
@@ -15,3 +19,14 @@ def median_seconds(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def over_devices(params, batch):
+    """``params`` replicated and every array of ``batch`` split along its leading axis over all devices (a data
+    mesh); as they are on one device. On a CPU host, ``XLA_FLAGS=--xla_force_host_platform_device_count=N``
+    makes N devices, each running its share of the rows on its own thread."""
+    if jax.device_count() == 1:
+        return params, batch
+    mesh = make_mesh(data=jax.device_count())
+    return (jax.device_put(params, param_shardings(mesh, params)),
+            jax.tree.map(lambda a: jax.device_put(a, batch_sharding(mesh, a.shape)), batch))

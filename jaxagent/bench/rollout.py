@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import envs_jax
-from jaxagent.bench import median_seconds
+from jaxagent.bench import median_seconds, over_devices
 from jaxagent.bench.sampler import floor_step, make_checkpoint
 from jaxagent.model import load_hf
 from jaxagent.model.sampler import score
@@ -42,6 +42,7 @@ def _agent(cfg, horizon: int, unroll_layers: bool = True):
 
 def _ours(loop, env, params, batch: int, repeats: int):
     pool = jax.vmap(env.sample_params)(jax.random.split(jax.random.key(batch), batch))
+    params, pool = over_devices(params, pool)
     rollout = jax.jit(loop.rollout)
     t = time.perf_counter()
     jax.block_until_ready(rollout(params, pool, jax.random.key(0)))
@@ -151,7 +152,8 @@ def run(quick: bool = False) -> dict:
             seconds, first = _ours(loop, env, params, batch, repeats)
             ours = batch * horizon / seconds
             floor = batch * horizon / (horizon * G * floor_step(params, cfg, batch, repeats))
-            row = {"ours_steps_per_s": round(ours, 1), "compile_s": round(first - seconds, 2),
+            row = {"ours_steps_per_s": round(ours, 1), "devices": jax.device_count(),
+                   "compile_s": round(first - seconds, 2),
                    "floor_steps_per_s": round(floor, 1), "fraction_of_floor": round(ours / floor, 2),
                    "host_steps_per_s": None, "ratio": None}
             if hf_model is not None:

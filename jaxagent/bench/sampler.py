@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxagent.bench import median_seconds
+from jaxagent.bench import median_seconds, over_devices
 from jaxagent.model import GemmaConfig, forward, generate, init_params, load_hf, save_hf
 from jaxagent.model.gemma import dense, param_shapes
 from jaxagent.model.sampler import unrolled
@@ -66,13 +66,15 @@ def floor_step(params, cfg: GemmaConfig, batch: int, repeats: int) -> float:
             return x + 1e-3 * dense(x, out)[:, :x.shape[1]]
         return jax.lax.fori_loop(0, NEW, step, x)
 
-    x = jnp.ones((batch, cfg.d_model), params["embed"].dtype)
+    (mats, out), x = over_devices((mats, out), jnp.ones((batch, cfg.d_model), params["embed"].dtype))
     jax.block_until_ready(steps(mats, out, x))
     return median_seconds(lambda: jax.block_until_ready(steps(mats, out, x)), repeats) / NEW
 
 
 def _ours(params, cfg, prompts, repeats):
-    args = (params, cfg, jnp.asarray(prompts), jnp.full((len(prompts),), PROMPT, jnp.int32), jax.random.key(0))
+    lengths = jnp.full((len(prompts),), PROMPT, jnp.int32)
+    params, (prompts, lengths) = over_devices(params, (jnp.asarray(prompts), lengths))
+    args = (params, cfg, prompts, lengths, jax.random.key(0))
     kw = dict(max_len=PROMPT + NEW, max_new_tokens=NEW, unroll_layers=True)
     t = time.perf_counter()
     jax.block_until_ready(generate(*args, **kw))
@@ -178,7 +180,8 @@ def run(quick: bool = False) -> dict:
             prompts = np.random.default_rng(123 + batch).integers(3, cfg.vocab_size, size=(batch, PROMPT))
             seconds, first, tokens = _ours(params, cfg, prompts, repeats)
             floor = floor_step(params, cfg, batch, repeats)
-            row = {"ours_tokens_per_s": round(batch * NEW / seconds), "compile_s": round(first - seconds, 2),
+            row = {"ours_tokens_per_s": round(batch * NEW / seconds), "devices": jax.device_count(),
+                   "compile_s": round(first - seconds, 2),
                    "ours_ms_per_token_step": round(1e3 * seconds / NEW, 3),
                    "floor_ms_per_step": round(1e3 * floor, 3), "fraction_of_floor": round(floor * NEW / seconds, 2)}
             for name, fn, ok in (("hf", _hf, have_hf), ("tunix", _tunix, have_tunix)):

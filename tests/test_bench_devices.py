@@ -1,0 +1,29 @@
+"""``jaxagent.bench.over_devices``: with N CPU devices the benchmarks split their rows over a data mesh."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = """
+import jax, jax.numpy as jnp
+from jaxagent.bench import over_devices
+
+assert jax.device_count() == 2
+params = {"embed": jnp.ones((16, 4)), "layers": {"q": jnp.ones((2, 4, 2, 2))}}
+params, (rows, lengths) = over_devices(params, (jnp.ones((6, 3)), jnp.arange(6)))
+assert [s.data.shape for s in lengths.addressable_shards] == [(3,), (3,)]
+assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(params))
+assert [s.data.shape for s in rows.addressable_shards] == [(3, 3), (3, 3)]
+odd, = over_devices({}, (jnp.ones((5, 2)),))[1]  # rows that do not divide evenly stay whole
+assert odd.sharding.is_fully_replicated
+print("ok")
+"""
+
+
+def test_rows_split_over_two_cpu_devices_and_parameters_replicated():
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu", PYTHONPATH=str(root))
+    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "ok"
