@@ -143,10 +143,16 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         return new_state, {**loss_metrics(objective, terms), "grad_norm": grad_norm, "finite": finite}
 
     kwargs: dict[str, Any] = {"donate_argnums": (0,) if donate else ()}
-    if state_sharding is not None:
-        kwargs["in_shardings"] = (state_sharding, batch_sharding)
-        kwargs["out_shardings"] = (state_sharding, None)
-    return jax.jit(step, **kwargs)
+    if state_sharding is None:
+        return jax.jit(step, **kwargs)
+    jitted = jax.jit(step, in_shardings=(state_sharding, batch_sharding), out_shardings=(state_sharding, None),
+                     **kwargs)
+
+    def placed_step(state: TrainState, batch: Any) -> tuple[TrainState, dict[str, jax.Array]]:
+        # A batch made by another jitted function (a rollout, a slice of one) arrives in whatever layout XLA
+        # chose there; jit refuses a committed argument whose layout differs from in_shardings.
+        return jitted(state, jax.device_put(batch, batch_sharding))
+    return placed_step
 
 
 def raise_if_nonfinite(metrics: Mapping[str, Any], step: int) -> None:
