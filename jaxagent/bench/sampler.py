@@ -53,7 +53,7 @@ def floor_step(params, cfg: GemmaConfig, batch: int, repeats: int) -> float:
     prepared = unrolled(params)
     mats = [(fused["qkv"].reshape(cfg.d_model, -1), fused["o"].reshape(-1, cfg.d_model), fused["gate_up"],
              fused["down"]) for fused in prepared["layers"]]
-    out = jnp.asarray(prepared["unembed"])  # materialised, so that the dot cannot fold the transpose back
+    out = prepared["unembed"]  # computed here, outside the jitted loop: the dot cannot fold the transpose back
 
     @jax.jit
     def steps(mats, out, x):
