@@ -27,7 +27,7 @@ from flax import struct
 
 from jaxagent.model import sampler
 from jaxagent.model.config import GemmaConfig
-from jaxagent.model.gemma import init_cache
+from jaxagent.model.gemma import KVCache
 from jaxagent.text.fragments import join
 
 HISTORY_SEGMENTS = 4
@@ -169,12 +169,14 @@ class AgentLoop:
         """Play ``num_steps`` steps with the model in each of the ``B`` env instances of ``env_params``."""
         r, cfg = self.renderer, self.model_cfg
         B = jax.tree.leaves(env_params)[0].shape[0]
-        cache = init_cache(cfg, B, self.cache_len, model_params["embed"].dtype)
         if self.unroll_layers:
             model_params = sampler.unrolled(model_params)
         prefix_tokens, prefix_len = r.prefix
-        cache, _ = sampler.append(model_params, cfg, cache, jnp.broadcast_to(prefix_tokens, (B, prefix_len)),
-                                  jnp.full((B,), prefix_len, jnp.int32), unroll_layers=self.unroll_layers)
+        # Every episode starts with the same prefix: computed once, its keys/values are copied into every row,
+        # and (while the history only grows) attention reads them from one row for all rows.
+        cache, _ = sampler.prefill(model_params, cfg, prefix_tokens[None], jnp.full((1,), prefix_len), self.cache_len)
+        cache = KVCache(jnp.repeat(cache.k, B, 1), jnp.repeat(cache.v, B, 1), jnp.repeat(cache.end, B))
+        shared = prefix_len if self.rewinds else 0
 
         def generate(extra, key, state, first, line, tail, history_len):
             cache, end_of_history = extra
@@ -187,11 +189,12 @@ class AgentLoop:
                 new, new_len = jax.vmap(r.render)(state, env_params)
                 cache = sampler.rewind(cache, jnp.zeros((B,), jnp.int32))
             # The history before this step's append is at most as long as the bound after it.
-            cache, logits = sampler.append(model_params, cfg, cache, new, new_len, history_len, self.unroll_layers)
+            cache, logits = sampler.append(model_params, cfg, cache, new, new_len, history_len, self.unroll_layers,
+                                           shared)
             cache, gen, logp, gen_len = sampler.sample(
                 model_params, cfg, cache, logits, key, max_new_tokens=self.max_new_tokens,
                 temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, stop_tokens=self.stop_tokens,
-                history_len=history_len, unroll_layers=self.unroll_layers)
+                history_len=history_len, unroll_layers=self.unroll_layers, shared_prefix=shared)
             return (cache, end_of_history), gen, logp, gen_len
 
         return self._play(env_params, key, generate, (cache, jnp.full((B,), prefix_len, jnp.int32)), self._segments())

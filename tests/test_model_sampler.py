@@ -82,6 +82,34 @@ def test_twenty_turn_episode_with_rewinds_equals_reprefill(model, unroll_layers)
         np.testing.assert_allclose(got_logps[t], want_logps, atol=2e-4, err_msg=f"turn {t}")
 
 
+@pytest.mark.parametrize("unroll_layers", [False, True])
+def test_prefix_shared_by_all_rows_read_from_one_row(model, unroll_layers):
+    """Rows that start alike: reading the prefix's slots from row 0 for all rows gives the same tokens as
+    reading each row's own copy and as full forwards; decoding past the window gathers local layers' slots."""
+    cfg, params = model
+    rng = np.random.default_rng(4)
+    P, B, new = 12, 3, 8
+    tail_len = np.array([3, 9, 5])
+    prompts = np.concatenate([np.tile(rng.integers(3, cfg.vocab_size, size=P), (B, 1)),
+                              _ragged(rng, tail_len, cfg.vocab_size)], axis=1)
+    runs = []
+    for shared in (0, P):
+        cache = init_cache(cfg, B, 48)
+        cache, _ = append_jit(params, cfg, cache, jnp.asarray(prompts[:, :P]), jnp.full((B,), P))
+        cache, logits = append_jit(params, cfg, cache, jnp.asarray(prompts[:, P:]), jnp.asarray(tail_len),
+                                   history_len=P, unroll_layers=unroll_layers, shared_prefix=shared)
+        _, toks, logps, _ = sample_jit(params, cfg, cache, logits, jax.random.key(0), max_new_tokens=new,
+                                       history_len=P + tail_len.max(), unroll_layers=unroll_layers,
+                                       shared_prefix=shared)
+        runs.append((np.asarray(toks), np.asarray(logps)))
+    assert 2 * (cfg.sliding_window - 1) <= P + tail_len.max()
+    np.testing.assert_array_equal(runs[1][0], runs[0][0])
+    np.testing.assert_allclose(runs[1][1], runs[0][1], atol=1e-6)
+    contexts = [list(prompts[b, :P + n]) for b, n in enumerate(tail_len)]
+    want_tokens, _ = _reference_greedy(params, cfg, contexts, new, P + tail_len.max() + new)
+    np.testing.assert_array_equal(runs[1][0], want_tokens)
+
+
 def _prompt_and_sample(params, cfg, prompt_lengths, temperature=0.0, **kw):
     rng = np.random.default_rng(1)
     prompts = _ragged(rng, np.asarray(prompt_lengths), cfg.vocab_size)

@@ -258,7 +258,8 @@ def transformer(params, cfg: GemmaConfig, tokens, positions, blocks=(), self_mas
     the updated buffer's keys/values are returned in place of the chunk's.
     With ``params["layers"]`` and the blocks' keys/values as :func:`unstack_layers` tuples, the layers run as a
     Python loop instead of a scan; written buffers then come back as such tuples too. A block's key positions
-    and valid mask, and ``write_slot``, may then also be per-layer tuples (buffers of different widths).
+    and valid mask, and ``write_slot``, may then also be per-layer tuples (buffers of different widths), and its
+    keys/values ``None`` for layers that do not read it.
     """
     embed = params["embed"]
     x = embed[tokens] * jnp.asarray(math.sqrt(cfg.d_model), embed.dtype)
@@ -268,7 +269,7 @@ def transformer(params, cfg: GemmaConfig, tokens, positions, blocks=(), self_mas
         new_kv = []
         for i, p in enumerate(layers):
             layer_blocks = [(bk[i], bv[i], _of_layer(kp, i), _of_layer(ok, i))
-                            for (bk, bv), (_, _, kp, ok) in zip(kvs, blocks)]
+                            for (bk, bv), (_, _, kp, ok) in zip(kvs, blocks) if bk[i] is not None]
             x, k, v = _layer(p, cfg, x, positions, layer_blocks, (cfg.sliding_window, None)[i % 2], self_mask,
                              _of_layer(write_slot, i))
             new_kv.append((k, v))

@@ -27,22 +27,22 @@ def _last(params, cfg: GemmaConfig, h: jax.Array, lengths: jax.Array) -> jax.Arr
 
 
 def append(params, cfg: GemmaConfig, cache: KVCache, tokens: jax.Array, lengths: jax.Array,
-           history_len: int | None = None, unroll_layers: bool = False):
+           history_len: int | None = None, unroll_layers: bool = False, shared_prefix: int = 0):
     """Prefill ``tokens[b, :lengths[b]]`` after each row's end: ``(cache, last_logits[B, V])``.
 
     ``last_logits[b]`` are the logits at row ``b``'s last appended token (undefined where ``lengths[b] == 0``).
     ``history_len`` (static): a bound on every row's ``cache.end``; only that many slots are read.
     ``unroll_layers`` (static): as in :func:`sample`, whose sliding-window layers read only the window's slots.
+    ``shared_prefix`` (static): as in :func:`sample`.
     """
     lengths = lengths.astype(jnp.int32)
     positions = cache.end[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
     if unroll_layers:
         params = unrolled(params)
-        history = _layer_histories(cfg, cache_block(cache, length=history_len), cache.end)
-        h, k, v = transformer(params, cfg, tokens, positions, (tuple(zip(*history)),))
-        cache = write_kv(cache, k, v, positions)
-    else:
-        h, cache = hidden_states(params, cfg, tokens, positions, cache, history_len)
+    shared, own = _history_blocks(cfg, cache_block(cache, length=history_len), cache.end, shared_prefix,
+                                  unroll_layers)
+    h, k, v = transformer(params, cfg, tokens, positions, (*shared, _per_layer(own) if unroll_layers else own))
+    cache = write_kv(cache, k, v, positions)
     return cache.replace(end=jnp.minimum(cache.end + lengths, cache.max_len)), _last(params, cfg, h, lengths)
 
 
@@ -120,7 +120,8 @@ def token_logprobs(logits: jax.Array, tokens: jax.Array, temperature: float) -> 
 
 def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key: jax.Array, *,
            max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-           stop_tokens: Sequence[int] = (), history_len: int | None = None, unroll_layers: bool = False):
+           stop_tokens: Sequence[int] = (), history_len: int | None = None, unroll_layers: bool = False,
+           shared_prefix: int = 0):
     """Decode up to ``max_new_tokens`` per row: ``(cache, tokens[B, G], logprobs[B, G], lengths[B])``.
 
     A row stops after emitting a stop token (which is kept and counted); its later tokens are ``pad_id`` with
@@ -131,13 +132,16 @@ def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key
     (see :func:`jaxagent.model.gemma.unstack_layers`), q/k/v and gate/up fused into one matmul each: faster where
     XLA copies the slices of stacked weights (XLA:CPU), at a compile time that grows with depth; sliding-window
     layers then read only the ``window - 1`` history slots they can see.
+    ``shared_prefix`` (static): the first ``shared_prefix`` slots hold the same keys/values in every row (e.g. a
+    prompt prefix all episodes start with); layers that read them do so from row 0 once for all rows.
     """
     B, G = last_logits.shape[0], max_new_tokens
     stops = jnp.asarray(tuple(stop_tokens) or (-1,), jnp.int32)
     start = cache.end
     L, K, hd = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim
     gen_positions = start[:, None] + jnp.arange(G, dtype=jnp.int32)[None, :]
-    hist_k, hist_v, hist_slots, hist_valid = cache_block(cache, length=history_len)
+    shared, history = _history_blocks(cfg, cache_block(cache, length=history_len), start, shared_prefix,
+                                      unroll_layers)
     gen_k, gen_v = jnp.zeros((L, B, K, hd, G), cache.k.dtype), jnp.zeros((L, B, K, G, hd), cache.v.dtype)
     # Step i writes the same buffer slot in every row (in place, no per-row scatter); the cache itself is only
     # read while decoding and receives the new tokens once at the end.
@@ -145,7 +149,6 @@ def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key
         # One buffer per layer holds the history and the new tokens; step i writes its slot before attention
         # reads the buffer: one softmax part per layer and no per-step copy of the buffer.
         params = unrolled(params)
-        history = _layer_histories(cfg, (hist_k, hist_v, hist_slots, hist_valid), start)
         widths = tuple(slots.shape[1] for _, _, slots, _ in history)
         buffers = (tuple(jnp.concatenate([k, gen_k[0]], axis=3) for k, _, _, _ in history),
                    tuple(jnp.concatenate([v, gen_v[0]], axis=2) for _, v, _, _ in history))
@@ -155,17 +158,17 @@ def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key
         def decode(buffers, tok, i):
             block = (*buffers, key_positions,
                      tuple(f & (jnp.arange(w + G) <= w + i) for f, w in zip(filled, widths)))
-            h, k, v = transformer(params, cfg, tok[:, None], (start + i)[:, None], (block,),
+            h, k, v = transformer(params, cfg, tok[:, None], (start + i)[:, None], (*shared, block),
                                   write_slot=tuple(w + i for w in widths))
             return h, (k, v)
     else:
         # Scanned layers: a buffer written inside the scan would be copied through it at every step, so the
         # stacked history is only read and the step's keys/values are stored after the layers.
-        history, buffers = (hist_k, hist_v, hist_slots, hist_valid), (gen_k, gen_v)
+        buffers = (gen_k, gen_v)
 
         def decode(buffers, tok, i):
             block = (*buffers, gen_positions, jnp.broadcast_to(jnp.arange(G) < i, (B, G)))
-            h, k, v = transformer(params, cfg, tok[:, None], (start + i)[:, None], (history, block))
+            h, k, v = transformer(params, cfg, tok[:, None], (start + i)[:, None], (*shared, history, block))
             k, v = jnp.moveaxis(k, 2, 4).astype(gen_k.dtype), jnp.moveaxis(v, 2, 3).astype(gen_v.dtype)
             return h, (jax.lax.dynamic_update_slice_in_dim(buffers[0], k, i, 4),
                        jax.lax.dynamic_update_slice_in_dim(buffers[1], v, i, 3))
@@ -213,21 +216,39 @@ def unrolled(params) -> dict:
                 unembed=params["embed"].T)
 
 
-def _layer_histories(cfg: GemmaConfig, history, start: jax.Array) -> list:
-    """Per layer, the slots of ``history`` (``(k [L, B, K, hd, H], v [L, B, K, H, hd], slots [B, H], valid [B, H])``)
-    it reads while decoding from ``start``: all of them, except that where the window is under half of the
-    history, a sliding-window layer reads only the ``window - 1`` slots before ``start`` (gathered per row)."""
+def _history_blocks(cfg: GemmaConfig, history, start: jax.Array, shared_prefix: int, per_layer: bool):
+    """``(shared, own)``: the attention blocks of ``history`` (a :func:`cache_block`) read while appending or
+    decoding from ``start``. ``shared`` is ``()`` or one block of the first ``shared_prefix`` slots, taken from
+    row 0 and read once for all query rows; ``own`` holds the rest of each row's slots. With ``per_layer``,
+    ``own`` is a list of per-layer blocks where, if the window is under half of the history, a sliding-window
+    layer reads only the ``window - 1`` slots before ``start`` (gathered per row) and no shared slots."""
     hist_k, hist_v, slots, valid = history
+    P = shared_prefix if shared_prefix < slots.shape[1] else 0
+    shared = ((hist_k[..., :1, :, :, :P], hist_v[..., :1, :, :P, :], slots[:1, :P], valid[:, :P]),) if P else ()
+    own = (hist_k[..., P:], hist_v[..., P:, :], slots[:, P:], valid[:, P:])
+    if not per_layer:
+        return shared, own
     seen = cfg.sliding_window - 1
-    layers = [(k, v, slots, valid) for k, v in zip(unstack_layers(hist_k), unstack_layers(hist_v))]
-    if 2 * seen > slots.shape[1]:  # the gather is a copy: worth it only where it skips most of the history
-        return layers
-    window = start[:, None] + jnp.arange(-seen, 0, dtype=jnp.int32)
-    at = jnp.maximum(window, 0)
-    layers[0::2] = [(jnp.take_along_axis(k, at[:, None, None, :], axis=3),
-                     jnp.take_along_axis(v, at[:, None, :, None], axis=2), window, window >= 0)
-                    for k, v, _, _ in layers[0::2]]
-    return layers
+    layers = [(k, v, own[2], own[3]) for k, v in zip(unstack_layers(own[0]), unstack_layers(own[1]))]
+    reads_shared = [True] * len(layers)
+    if 2 * seen <= slots.shape[1]:  # the gather is a copy: worth it only where it skips most of the history
+        window = start[:, None] + jnp.arange(-seen, 0, dtype=jnp.int32)
+        at = jnp.maximum(window, 0)
+        layers[0::2] = [(jnp.take_along_axis(k, at[:, None, None, :], axis=3),
+                         jnp.take_along_axis(v, at[:, None, :, None], axis=2), window, window >= 0)
+                        for k, v in zip(unstack_layers(hist_k)[0::2], unstack_layers(hist_v)[0::2])]
+        reads_shared[0::2] = [False] * len(layers[0::2])
+    if shared:
+        (k, v, shared_slots, shared_valid), = shared
+        shared = ((tuple(a if r else None for a, r in zip(unstack_layers(k), reads_shared)),
+                   tuple(a if r else None for a, r in zip(unstack_layers(v), reads_shared)),
+                   shared_slots, shared_valid),)
+    return shared, layers
+
+
+def _per_layer(layers: list) -> tuple:
+    """A list of per-layer blocks as one block of per-layer tuples."""
+    return tuple(zip(*layers))
 
 
 def score(params, cfg: GemmaConfig, tokens: jax.Array, *, temperature: float = 1.0, positions=None,
@@ -258,8 +279,9 @@ def generate(params, cfg: GemmaConfig, prompts: jax.Array, prompt_lengths: jax.A
                   unroll_layers=unroll_layers)
 
 
-append_jit = jax.jit(append, static_argnames=("cfg", "history_len", "unroll_layers"), donate_argnames=("cache",))
+append_jit = jax.jit(append, static_argnames=("cfg", "history_len", "unroll_layers", "shared_prefix"),
+                     donate_argnames=("cache",))
 sample_jit = jax.jit(sample, static_argnames=("cfg", "max_new_tokens", "temperature", "top_k", "top_p",
-                                              "stop_tokens", "history_len", "unroll_layers"),
+                                              "stop_tokens", "history_len", "unroll_layers", "shared_prefix"),
                      donate_argnames=("cache",))
 score_jit = jax.jit(score, static_argnames=("cfg", "temperature", "with_values"))
