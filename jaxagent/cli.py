@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -19,6 +20,7 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> None:
+    _host_devices(args.cpu_devices)
     names = BENCHMARKS if args.name == "all" else (args.name,)
     results = {}
     for name in names:
@@ -30,6 +32,15 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(out, indent=2) + "\n")
+
+
+def _host_devices(count: int) -> None:
+    """Give JAX's host (CPU) platform ``count`` devices, unless ``XLA_FLAGS`` already says how many: on a CPU
+    host the benchmarks then split their rows over the cores, one device per core, each on its own thread."""
+    if count > 1 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        import jax
+
+        jax.config.update("jax_num_cpu_devices", count)
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
@@ -51,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=BENCHMARKS + ("all",))
     p.add_argument("--json", help="write the result to this JSON file")
     p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    p.add_argument("--cpu-devices", type=int, default=len(os.sched_getaffinity(0)),
+                   help="CPU devices to split our rows over (default: one per available core; 1: one device)")
     p.set_defaults(func=_cmd_bench)
 
     for name, text in (("train", "train an agent (SFT, RLFT, RFT, EEF)"),

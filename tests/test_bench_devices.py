@@ -27,3 +27,18 @@ def test_rows_split_over_two_cpu_devices_and_parameters_replicated():
     proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "ok"
+
+
+def _device_count_after_host_devices(count: int, xla_flags: str) -> int:
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu", PYTHONPATH=str(root))
+    script = f"from jaxagent.cli import _host_devices; _host_devices({count}); import jax; print(jax.device_count())"
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return int(proc.stdout.strip())
+
+
+def test_bench_command_makes_one_cpu_device_per_core_unless_xla_flags_say_otherwise():
+    assert _device_count_after_host_devices(3, "") == 3
+    assert _device_count_after_host_devices(1, "") == 1
+    assert _device_count_after_host_devices(3, "--xla_force_host_platform_device_count=2") == 2

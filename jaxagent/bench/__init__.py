@@ -21,12 +21,13 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def over_devices(params, batch):
-    """``params`` replicated and every array of ``batch`` split along its leading axis over all devices (a data
-    mesh); as they are on one device. On a CPU host, ``XLA_FLAGS=--xla_force_host_platform_device_count=N``
-    makes N devices, each running its share of the rows on its own thread."""
-    if jax.device_count() == 1:
+def over_devices(params, batch, devices=None):
+    """``params`` replicated and every array of ``batch`` split along its leading axis over ``devices`` (default:
+    all; a data mesh); as they are on one device. On a CPU host, ``jaxagent bench`` makes one device per core
+    (see ``--cpu-devices``), each running its share of the rows on its own thread."""
+    devices = jax.devices() if devices is None else devices
+    if len(devices) == 1:
         return params, batch
-    mesh = make_mesh(data=jax.device_count())
+    mesh = make_mesh(data=len(devices), devices=devices)
     return (jax.device_put(params, param_shardings(mesh, params)),
             jax.tree.map(lambda a: jax.device_put(a, batch_sharding(mesh, a.shape)), batch))

@@ -40,9 +40,9 @@ def _agent(cfg, horizon: int, unroll_layers: bool = True):
     return tok, env, renderer, loop
 
 
-def _ours(loop, env, params, batch: int, repeats: int):
+def _ours(loop, env, params, batch: int, repeats: int, devices=None):
     pool = jax.vmap(env.sample_params)(jax.random.split(jax.random.key(batch), batch))
-    params, pool = over_devices(params, pool)
+    params, pool = over_devices(params, pool, devices)
     rollout = jax.jit(loop.rollout)
     t = time.perf_counter()
     jax.block_until_ready(rollout(params, pool, jax.random.key(0)))
@@ -156,11 +156,15 @@ def run(quick: bool = False) -> dict:
                    "compile_s": round(first - seconds, 2),
                    "floor_steps_per_s": round(floor, 1), "fraction_of_floor": round(ours / floor, 2),
                    "host_steps_per_s": None, "ratio": None}
+            if jax.device_count() > 1:
+                one = batch * horizon / _ours(loop, env, params, batch, repeats, jax.devices()[:1])[0]
+                row.update(ours_1_device_steps_per_s=round(one, 1), ratio_1_device=None)
             if hf_model is not None:
-                host = float(np.median([_host_rollout(hf_model, tok, renderer, horizon, batch, seed)
-                                        for seed in range(host_repeats)]))
-                row.update(host_steps_per_s=round(batch * horizon / host, 1),
-                           ratio=round(ours / (batch * horizon / host), 1))
+                host = batch * horizon / float(np.median([_host_rollout(hf_model, tok, renderer, horizon, batch, seed)
+                                                          for seed in range(host_repeats)]))
+                row.update(host_steps_per_s=round(host, 1), ratio=round(ours / host, 1))
+                if "ours_1_device_steps_per_s" in row:
+                    row["ratio_1_device"] = round(one / host, 1)
             result[f"batch_{batch}"] = row
             print(f"batch {batch}: " + ", ".join(f"{k}={v}" for k, v in row.items()))
         result["train"] = _train_tokens_per_s(params, cfg, path, 8, 256 if quick else 512, repeats, have_torch)

@@ -71,9 +71,9 @@ def floor_step(params, cfg: GemmaConfig, batch: int, repeats: int) -> float:
     return median_seconds(lambda: jax.block_until_ready(steps(mats, out, x)), repeats) / NEW
 
 
-def _ours(params, cfg, prompts, repeats):
+def _ours(params, cfg, prompts, repeats, devices=None):
     lengths = jnp.full((len(prompts),), PROMPT, jnp.int32)
-    params, (prompts, lengths) = over_devices(params, (jnp.asarray(prompts), lengths))
+    params, (prompts, lengths) = over_devices(params, (jnp.asarray(prompts), lengths), devices)
     args = (params, cfg, prompts, lengths, jax.random.key(0))
     kw = dict(max_len=PROMPT + NEW, max_new_tokens=NEW, unroll_layers=True)
     t = time.perf_counter()
@@ -184,6 +184,9 @@ def run(quick: bool = False) -> dict:
                    "compile_s": round(first - seconds, 2),
                    "ours_ms_per_token_step": round(1e3 * seconds / NEW, 3),
                    "floor_ms_per_step": round(1e3 * floor, 3), "fraction_of_floor": round(floor * NEW / seconds, 2)}
+            one = _ours(params, cfg, prompts, repeats, jax.devices()[:1])[0] if jax.device_count() > 1 else None
+            if one:
+                row["ours_1_device_tokens_per_s"] = round(batch * NEW / one)
             for name, fn, ok in (("hf", _hf, have_hf), ("tunix", _tunix, have_tunix)):
                 if not ok:
                     row[f"{name}_tokens_per_s"] = row[f"ratio_{name}"] = None
@@ -191,6 +194,8 @@ def run(quick: bool = False) -> dict:
                 peer_seconds, peer_first, peer_tokens = fn(path, prompts, repeats)
                 row[f"{name}_tokens_per_s"] = round(batch * NEW / peer_seconds)
                 row[f"ratio_{name}"] = round(peer_seconds / seconds, 2)
+                if one:
+                    row[f"ratio_{name}_1_device"] = round(peer_seconds / one, 2)
                 row[f"{name}_first_call_s"] = round(peer_first, 2)
                 row[f"{name}_tokens_match"] = bool((peer_tokens == tokens).all())
             result[f"batch_{batch}"] = row
