@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=BENCHMARKS + ("all",))
     p.add_argument("--json", help="write the result to this JSON file")
     p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
-    p.add_argument("--cpu-devices", type=int, default=len(os.sched_getaffinity(0)),
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    p.add_argument("--cpu-devices", type=int, default=cores,
                    help="CPU devices to split our rows over (default: one per available core; 1: one device)")
     p.set_defaults(func=_cmd_bench)
 

@@ -185,7 +185,7 @@ def run(quick: bool = False) -> dict:
                    "ours_ms_per_token_step": round(1e3 * seconds / NEW, 3),
                    "floor_ms_per_step": round(1e3 * floor, 3), "fraction_of_floor": round(floor * NEW / seconds, 2)}
             one = _ours(params, cfg, prompts, repeats, jax.devices()[:1])[0] if jax.device_count() > 1 else None
-            if one:
+            if one is not None:
                 row["ours_1_device_tokens_per_s"] = round(batch * NEW / one)
             for name, fn, ok in (("hf", _hf, have_hf), ("tunix", _tunix, have_tunix)):
                 if not ok:
@@ -194,7 +194,7 @@ def run(quick: bool = False) -> dict:
                 peer_seconds, peer_first, peer_tokens = fn(path, prompts, repeats)
                 row[f"{name}_tokens_per_s"] = round(batch * NEW / peer_seconds)
                 row[f"ratio_{name}"] = round(peer_seconds / seconds, 2)
-                if one:
+                if one is not None:
                     row[f"ratio_{name}_1_device"] = round(peer_seconds / one, 2)
                 row[f"{name}_first_call_s"] = round(peer_first, 2)
                 row[f"{name}_tokens_match"] = bool((peer_tokens == tokens).all())

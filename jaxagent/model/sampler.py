@@ -41,7 +41,7 @@ def append(params, cfg: GemmaConfig, cache: KVCache, tokens: jax.Array, lengths:
         params = unrolled(params)
     shared, own = _history_blocks(cfg, cache_block(cache, length=history_len), cache.end, shared_prefix,
                                   unroll_layers)
-    h, k, v = transformer(params, cfg, tokens, positions, (*shared, _per_layer(own) if unroll_layers else own))
+    h, k, v = transformer(params, cfg, tokens, positions, (*shared, tuple(zip(*own)) if unroll_layers else own))
     cache = write_kv(cache, k, v, positions)
     return cache.replace(end=jnp.minimum(cache.end + lengths, cache.max_len)), _last(params, cfg, h, lengths)
 
@@ -244,11 +244,6 @@ def _history_blocks(cfg: GemmaConfig, history, start: jax.Array, shared_prefix: 
                    tuple(a if r else None for a, r in zip(unstack_layers(v), reads_shared)),
                    shared_slots, shared_valid),)
     return shared, layers
-
-
-def _per_layer(layers: list) -> tuple:
-    """A list of per-layer blocks as one block of per-layer tuples."""
-    return tuple(zip(*layers))
 
 
 def score(params, cfg: GemmaConfig, tokens: jax.Array, *, temperature: float = 1.0, positions=None,
