@@ -28,6 +28,7 @@ from flax import struct
 from jaxagent.model import sampler
 from jaxagent.model.config import GemmaConfig
 from jaxagent.model.gemma import KVCache
+from jaxagent.model.sharding import BATCH, rows_per_device
 from jaxagent.text.fragments import join
 
 HISTORY_SEGMENTS = 4
@@ -198,6 +199,21 @@ class AgentLoop:
             return (cache, end_of_history), gen, logp, gen_len
 
         return self._play(env_params, key, generate, (cache, jnp.full((B,), prefix_len, jnp.int32)), self._segments())
+
+    def rollout_per_device(self, mesh) -> Callable:
+        """``rollout`` jitted as independent episodes on each device of ``mesh``'s batch axes (see
+        :func:`jaxagent.model.sharding.rows_per_device`): model parameters replicated, env instances split,
+        device ``i`` sampling with ``fold_in(key, i)``. The same call signature as ``rollout``."""
+        def local(model_params, env_params, key):
+            return self.rollout(model_params, env_params, jax.random.fold_in(key, jax.lax.axis_index(BATCH)))
+        return rows_per_device(local, mesh, (False, True, False))
+
+    def rollout_on(self, mesh) -> Callable:
+        """``rollout`` for a mesh: :meth:`rollout_per_device` where the mesh only splits rows (parameters
+        replicated over several devices), else ``rollout`` as ``jit`` partitions it."""
+        if mesh.size > 1 and mesh.shape["fsdp"] * mesh.shape["tensor"] == 1:
+            return self.rollout_per_device(mesh)
+        return self.rollout
 
     def expert_rollout(self, expert, env_params, key) -> Trajectory:
         """Play with an :class:`jaxagent.experts.Expert`; its reasoning tokens stand where the model's would."""

@@ -8,7 +8,7 @@ import time
 
 import jax
 
-from jaxagent.model.sharding import batch_sharding, make_mesh, param_shardings
+from jaxagent.model.sharding import batch_sharding, make_mesh, param_shardings, rows_per_device
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -19,6 +19,15 @@ def median_seconds(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def per_device(fn, split, devices=None):
+    """``fn`` jitted, with the rows of every argument marked in ``split`` spread over ``devices`` (default: all),
+    each device running its rows on its own (see :func:`jaxagent.model.sharding.rows_per_device`)."""
+    devices = jax.devices() if devices is None else devices
+    if len(devices) == 1:
+        return jax.jit(fn)
+    return rows_per_device(fn, make_mesh(data=len(devices), devices=devices), split)
 
 
 def over_devices(params, batch, devices=None):

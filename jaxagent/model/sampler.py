@@ -267,7 +267,10 @@ def score(params, cfg: GemmaConfig, tokens: jax.Array, *, temperature: float = 1
 def generate(params, cfg: GemmaConfig, prompts: jax.Array, prompt_lengths: jax.Array, key: jax.Array, *,
              max_len: int, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
              stop_tokens: tuple[int, ...] = (), unroll_layers: bool = False):
-    """One jitted call: fresh cache, prefill of right-padded ``prompts``, then ``sample``."""
+    """One jitted call: fresh cache, prefill of right-padded ``prompts``, then ``sample``. With ``unroll_layers``,
+    ``params`` may come from :func:`unrolled` already (prepared once for many calls)."""
+    if unroll_layers:
+        params = unrolled(params)
     cache, logits = prefill(params, cfg, prompts, prompt_lengths, max_len)
     return sample(params, cfg, cache, logits, key, max_new_tokens=max_new_tokens, temperature=temperature,
                   top_k=top_k, top_p=top_p, stop_tokens=stop_tokens, history_len=prompts.shape[1],

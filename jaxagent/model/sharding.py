@@ -6,6 +6,8 @@ the stacked layer axis and the norms stay whole. Batches (and the cache's batch 
 """
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -71,3 +73,23 @@ def cache_shardings(mesh: Mesh, cache: KVCache) -> KVCache:
 def batch_sharding(mesh: Mesh, shape: tuple) -> NamedSharding:
     """Sharding of a per-example array (tokens, lengths, keys...): leading axis over ("data", "fsdp")."""
     return NamedSharding(mesh, _fit((BATCH,) + (None,) * (len(shape) - 1), shape, mesh))
+
+
+def rows_per_device(fn: Callable, mesh: Mesh, split: Sequence[bool]) -> Callable:
+    """``fn`` jitted as one independent call per device over ``mesh``'s batch axes (``shard_map``).
+
+    Argument ``i`` is split along its leading axis where ``split[i]``, else passed whole to every device;
+    outputs with a leading axis come back split along it, 0-d outputs from one device (they must agree).
+    Unlike ``jit``'s partitioning of ``fn``, the devices never wait for each other inside the call: a decode
+    loop's all-rows-done test, for one, would synchronise them at every step. Meant for replicated parameters
+    (a data mesh); ``fn`` sees each device's rows only, so anything random in it needs a per-device key.
+    """
+    in_specs = tuple(P(BATCH) if s else P() for s in split)
+
+    def call(*args):
+        # The output tree, for its specs: traced per device (``fn`` may ask for its device index).
+        outputs = jax.eval_shape(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=P(), check_vma=False),
+                                 *args)
+        out_specs = jax.tree.map(lambda a: P(BATCH) if a.ndim else P(), outputs)
+        return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)(*args)
+    return jax.jit(call)

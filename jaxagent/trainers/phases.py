@@ -145,11 +145,12 @@ def train_rlft(exp, params, directory: Path, log: RunLog, evaluate=None):
     key = jax.random.key(cfg.run.seed + 1)
     pool = exp.pool(jax.random.fold_in(key, 1), cfg.env.pool_size)
     prefix, ref_params = exp.renderer.prefix[0], params
+    play = loop.rollout_on(exp.mesh)
 
     @jax.jit
     def make_batch(key, params, ref_params):
         k_draw, k_play = jax.random.split(key)
-        traj = loop.rollout(params, _draw(pool, k_draw, r.envs_per_rollout, rl.group_size), k_play)
+        traj = play(params, _draw(pool, k_draw, r.envs_per_rollout, rl.group_size), k_play)
         batch = batches.rl_batch(params, ref_params, exp.model_cfg, rl, prefix, traj, exp.tokenizer.pad_id,
                                  loop.temperature, forced_turns=loop.exploration is not None)
         stats = {"rollout/env_reward": traj.env_rewards.sum(1).mean(),
