@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import optax
 
+from jaxagent.config import ConfigError
 from jaxagent.experiment import OptimConfig
 
 
@@ -10,7 +11,8 @@ def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
     """Linear warm-up from 0 to ``learning_rate`` over ``warmup_steps`` updates, then cosine decay to
     ``final_learning_rate`` at update ``total_steps`` (and constant after)."""
     if total_steps <= cfg.warmup_steps:
-        raise ValueError(f"the run has {total_steps} updates, not more than optim.warmup_steps={cfg.warmup_steps}")
+        raise ConfigError(f"config key 'optim.warmup_steps': a phase of {total_steps} updates is not longer than "
+                          f"optim.warmup_steps={cfg.warmup_steps}")
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
         decay_steps=total_steps, end_value=cfg.final_learning_rate)
