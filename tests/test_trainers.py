@@ -191,3 +191,37 @@ def test_the_quickstart_starts_from_the_shipped_nano_base_with_the_shipped_token
     policy = load_policy(checkpoint_path(cfg.model.checkpoint))
     assert policy.cfg == GemmaConfig.preset("nano")
     assert _tokenizer(load_experiment(None, ["model.checkpoint=shipped:nano-greedy-base"])) is shipped_tokenizer()
+
+
+def _rlft_on_two_devices(output_dir):
+    """(Run with 2 CPU devices.) Two RLFT updates on a (2, 1, 1) mesh, whose episodes run one call per device."""
+    assert jax.device_count() == 2
+    cfg = load_experiment(None, TINY + ["model.mesh=[2,1,1]", "rollout.envs_per_rollout=4", "rl.batch_size=12",
+                                        "rl.num_updates=2", f"run.output_dir={output_dir}", "run.name=two"])
+    exp = build(cfg)
+    assert exp.train_loop.rollout_on(exp.mesh) != exp.train_loop.rollout
+    with RunLog(cfg.run.directory, cfg, {"run": 0}) as log:
+        tuned = phases.train_rlft(exp, exp.init_params, cfg.run.directory / "rlft", log)
+    leaves = [np.asarray(a) for a in jax.tree.leaves(tuned)]
+    assert all(np.isfinite(a).all() for a in leaves)
+    assert any(not np.allclose(a, np.asarray(b)) for a, b in zip(leaves, jax.tree.leaves(exp.init_params)))
+    print("ok")
+
+
+def test_rlft_on_a_two_device_row_mesh_plays_per_device_and_updates(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2",
+               JAX_PLATFORMS="cpu", PYTHONPATH=str(root))
+    proc = subprocess.run([sys.executable, __file__, "--two-devices", str(tmp_path)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("ok")
+
+
+if __name__ == "__main__" and "--two-devices" in __import__("sys").argv:
+    _rlft_on_two_devices(__import__("sys").argv[-1])
