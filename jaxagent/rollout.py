@@ -209,8 +209,9 @@ class AgentLoop:
         return rows_per_device(local, mesh, (False, True, False))
 
     def rollout_on(self, mesh) -> Callable:
-        """``rollout`` for a mesh: :meth:`rollout_per_device` where the mesh only splits rows (parameters
-        replicated over several devices), else ``rollout`` as ``jit`` partitions it."""
+        """``rollout`` for a mesh: :meth:`rollout_per_device` (jitted) where the mesh only splits rows
+        (parameters replicated over several devices), else ``rollout`` itself, for the caller to jit (``jit`` then
+        partitions it)."""
         if mesh.size > 1 and mesh.shape["fsdp"] * mesh.shape["tensor"] == 1:
             return self.rollout_per_device(mesh)
         return self.rollout

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from jaxagent.checkpoint import Checkpointer, CheckpointNotFoundError
+from jaxagent.config import ConfigError
 from jaxagent.experiment import ExperimentConfig, OptimConfig
 from jaxagent.losses import LossOutput
 from jaxagent.optim import make_optimizer, make_schedule
@@ -25,7 +26,7 @@ def test_schedule_warmup_then_cosine_to_the_final_rate():
                 1100: 1e-6, 5000: 1e-6}
     for step, value in expected.items():
         assert float(s(step)) == pytest.approx(value, rel=1e-5, abs=1e-12), step
-    with pytest.raises(ValueError, match="optim.warmup_steps=100"):
+    with pytest.raises(ConfigError, match="config key 'optim.warmup_steps'.*optim.warmup_steps=100"):
         make_schedule(OptimConfig(), total_steps=100)
 
 

@@ -1,5 +1,9 @@
 """The jitted agent episode against a slow host loop: host strings, host tokenizer, fresh-cache generation, regex."""
 import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -141,32 +145,27 @@ def test_sft_with_action_noise_labels_every_turn_with_the_experts_text():
 
 def _per_device_against_one_device_each():
     """(Run with 2 CPU devices.) ``rollout_per_device`` plays each device's rows as ``rollout`` alone would with
-    that device's folded key."""
+    that device's folded key; both devices get the same two env instances, so only their keys differ."""
     from jaxagent.model import make_mesh
 
     assert jax.device_count() == 2
     loop, _ = make_loop(temperature=1.0, unroll_layers=True)
-    pool = jax.vmap(loop.env.sample_params)(jax.random.split(jax.random.key(1), 4))
+    rows = jax.vmap(loop.env.sample_params)(jax.random.split(jax.random.key(1), 2))
+    pool = jax.tree.map(lambda a: jnp.concatenate([a, a]), rows)
     params, key = init_params(CFG, jax.random.key(0), std=0.5), jax.random.key(5)
     got = loop.rollout_per_device(make_mesh(data=2))(params, pool, key)
     assert [s.data.shape for s in got.tokens.addressable_shards] == [(2, HORIZON, G)] * 2
     for i in range(2):
-        rows = jax.tree.map(lambda a: a[2 * i:2 * i + 2], pool)
         want = jax.jit(loop.rollout)(params, rows, jax.random.fold_in(key, i))
         np.testing.assert_array_equal(got.tokens[2 * i:2 * i + 2], want.tokens)
         np.testing.assert_array_equal(got.actions[2 * i:2 * i + 2], want.actions)
         np.testing.assert_allclose(got.logprobs[2 * i:2 * i + 2], want.logprobs, atol=1e-5)
     assert int(got.prefix_length) == loop.renderer.prefix[1]
-    assert not np.array_equal(got.tokens[:2], got.tokens[2:])  # the devices sample with different keys
+    assert not np.array_equal(got.tokens[:2], got.tokens[2:])
     print("ok")
 
 
 def test_rollout_per_device_plays_each_devices_rows_on_their_own():
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2",
                JAX_PLATFORMS="cpu", PYTHONPATH=str(root))
@@ -176,5 +175,5 @@ def test_rollout_per_device_plays_each_devices_rows_on_their_own():
     assert proc.stdout.strip().endswith("ok")
 
 
-if __name__ == "__main__" and "--per-device" in __import__("sys").argv:
+if __name__ == "__main__" and "--per-device" in sys.argv:
     _per_device_against_one_device_each()

@@ -1,4 +1,9 @@
-"""End-to-end trainer behaviour on a tiny set-up: exact resume after an interruption, clear errors."""
+"""End-to-end trainer behaviour on a tiny set-up: exact resume after an interruption, clear errors, two devices."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
@@ -209,11 +214,6 @@ def _rlft_on_two_devices(output_dir):
 
 
 def test_rlft_on_a_two_device_row_mesh_plays_per_device_and_updates(tmp_path):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2",
                JAX_PLATFORMS="cpu", PYTHONPATH=str(root))
@@ -223,5 +223,5 @@ def test_rlft_on_a_two_device_row_mesh_plays_per_device_and_updates(tmp_path):
     assert proc.stdout.strip().endswith("ok")
 
 
-if __name__ == "__main__" and "--two-devices" in __import__("sys").argv:
-    _rlft_on_two_devices(__import__("sys").argv[-1])
+if __name__ == "__main__" and "--two-devices" in sys.argv:
+    _rlft_on_two_devices(sys.argv[-1])

@@ -21,13 +21,20 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def per_device(fn, split, devices=None):
-    """``fn`` jitted, with the rows of every argument marked in ``split`` spread over ``devices`` (default: all),
-    each device running its rows on its own (see :func:`jaxagent.model.sharding.rows_per_device`)."""
+def row_mesh(rows: int, devices=None):
+    """A data mesh over ``devices`` (default: all) to split ``rows`` over, or None: one device, or rows that do not
+    divide evenly (they then stay whole, as :func:`over_devices` leaves them)."""
     devices = jax.devices() if devices is None else devices
-    if len(devices) == 1:
-        return jax.jit(fn)
-    return rows_per_device(fn, make_mesh(data=len(devices), devices=devices), split)
+    if len(devices) == 1 or rows % len(devices):
+        return None
+    return make_mesh(data=len(devices), devices=devices)
+
+
+def per_device(fn, split, rows: int, devices=None):
+    """``fn`` jitted; over a :func:`row_mesh`, each device runs its share of the ``rows`` of the arguments marked
+    in ``split`` on its own (see :func:`jaxagent.model.sharding.rows_per_device`)."""
+    mesh = row_mesh(rows, devices)
+    return jax.jit(fn) if mesh is None else rows_per_device(fn, mesh, split)
 
 
 def over_devices(params, batch, devices=None):

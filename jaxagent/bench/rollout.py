@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import envs_jax
-from jaxagent.bench import median_seconds, over_devices
+from jaxagent.bench import median_seconds, over_devices, row_mesh
 from jaxagent.bench.sampler import floor_step, make_checkpoint
-from jaxagent.model import load_hf, make_mesh
+from jaxagent.model import load_hf
 from jaxagent.model.sampler import score
 from jaxagent.rollout import AgentLoop
 from jaxagent.text.bandit_prompt import BanditRenderer
@@ -42,9 +42,9 @@ def _agent(cfg, horizon: int, unroll_layers: bool = True):
 
 def _ours(loop, env, params, batch: int, repeats: int, devices=None):
     pool = jax.vmap(env.sample_params)(jax.random.split(jax.random.key(batch), batch))
-    devices = jax.devices() if devices is None else devices
     params, pool = over_devices(params, pool, devices)
-    rollout = jax.jit(loop.rollout_on(make_mesh(data=len(devices), devices=devices)))
+    mesh = row_mesh(batch, devices)
+    rollout = jax.jit(loop.rollout) if mesh is None else loop.rollout_per_device(mesh)
     t = time.perf_counter()
     jax.block_until_ready(rollout(params, pool, jax.random.key(0)))
     first = time.perf_counter() - t

@@ -77,12 +77,12 @@ def _ours(params, cfg, prompts, repeats, devices=None):
     params, (prompts, lengths) = over_devices(unrolled(params), (jnp.asarray(prompts), lengths), devices)
     call = per_device(lambda params, prompts, lengths: generate(
         params, cfg, prompts, lengths, jax.random.key(0), max_len=PROMPT + NEW, max_new_tokens=NEW,
-        unroll_layers=True), (False, True, True), devices)
+        unroll_layers=True)[1:], (False, True, True), len(prompts), devices)
     t = time.perf_counter()
     jax.block_until_ready(call(params, prompts, lengths))
     first = time.perf_counter() - t
     seconds = median_seconds(lambda: jax.block_until_ready(call(params, prompts, lengths)), repeats)
-    return seconds, first, np.asarray(call(params, prompts, lengths)[1])
+    return seconds, first, np.asarray(call(params, prompts, lengths)[0])
 
 
 def _hf(path, prompts, repeats):

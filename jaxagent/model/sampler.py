@@ -267,8 +267,9 @@ def score(params, cfg: GemmaConfig, tokens: jax.Array, *, temperature: float = 1
 def generate(params, cfg: GemmaConfig, prompts: jax.Array, prompt_lengths: jax.Array, key: jax.Array, *,
              max_len: int, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
              stop_tokens: tuple[int, ...] = (), unroll_layers: bool = False):
-    """One jitted call: fresh cache, prefill of right-padded ``prompts``, then ``sample``. With ``unroll_layers``,
-    ``params`` may come from :func:`unrolled` already (prepared once for many calls)."""
+    """One jitted call: fresh cache, prefill of right-padded ``prompts``, then ``sample``. With ``unroll_layers``
+    the prompts are prefilled with the unrolled layers too, and ``params`` may come from :func:`unrolled` already
+    (prepared once for many calls)."""
     if unroll_layers:
         params = unrolled(params)
     cache, logits = prefill(params, cfg, prompts, prompt_lengths, max_len)

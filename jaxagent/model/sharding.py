@@ -3,6 +3,7 @@
 Matrices split their d_model side over "fsdp" and their heads / hidden units / vocabulary over "tensor";
 the stacked layer axis and the norms stay whole. Batches (and the cache's batch axis) split over
 ("data", "fsdp"). An axis that does not divide a dimension is left out for that tensor, so any mesh works.
+``rows_per_device`` runs a function of rows as one call per device instead of one partitioned program.
 """
 from __future__ import annotations
 
@@ -78,8 +79,8 @@ def batch_sharding(mesh: Mesh, shape: tuple) -> NamedSharding:
 def rows_per_device(fn: Callable, mesh: Mesh, split: Sequence[bool]) -> Callable:
     """``fn`` jitted as one independent call per device over ``mesh``'s batch axes (``shard_map``).
 
-    Argument ``i`` is split along its leading axis where ``split[i]``, else passed whole to every device;
-    outputs with a leading axis come back split along it, 0-d outputs from one device (they must agree).
+    Argument ``i`` is split along its leading axis (rows) where ``split[i]``, else passed whole to every device.
+    Every output must be 0-d (taken from one device: they must agree) or have rows as its leading axis.
     Unlike ``jit``'s partitioning of ``fn``, the devices never wait for each other inside the call: a decode
     loop's all-rows-done test, for one, would synchronise them at every step. Meant for replicated parameters
     (a data mesh); ``fn`` sees each device's rows only, so anything random in it needs a per-device key.
@@ -87,6 +88,12 @@ def rows_per_device(fn: Callable, mesh: Mesh, split: Sequence[bool]) -> Callable
     in_specs = tuple(P(BATCH) if s else P() for s in split)
 
     def call(*args):
+        shards = mesh.shape["data"] * mesh.shape["fsdp"]
+        for i, (arg, s) in enumerate(zip(args, split)):
+            rows = {a.shape[0] for a in jax.tree.leaves(arg)} if s else set()
+            if any(r % shards for r in rows):
+                raise ValueError(f"rows_per_device: argument {i} has {sorted(rows)} rows, which do not split over "
+                                 f"the mesh's {shards} row devices")
         # The output tree, for its specs: traced per device (``fn`` may ask for its device index).
         outputs = jax.eval_shape(jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=P(), check_vma=False),
                                  *args)
