@@ -2,7 +2,8 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
+
+from cpu_devices import ROOT, run_on_cpu_devices
 
 SCRIPT = """
 import jax, jax.numpy as jnp
@@ -21,17 +22,11 @@ print("ok")
 
 
 def test_rows_split_over_two_cpu_devices_and_parameters_replicated():
-    root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2",
-               JAX_PLATFORMS="cpu", PYTHONPATH=str(root))
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip() == "ok"
+    assert run_on_cpu_devices(2, ["-c", SCRIPT], timeout=300).strip() == "ok"
 
 
 def _device_count_after_host_devices(count: int, xla_flags: str) -> int:
-    root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu", PYTHONPATH=str(root))
+    env = dict(os.environ, XLA_FLAGS=xla_flags, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
     script = f"from jaxagent.cli import _host_devices; _host_devices({count}); import jax; print(jax.device_count())"
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

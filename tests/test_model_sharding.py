@@ -1,14 +1,11 @@
 """Partition rules, and the same forward / sampler results on 1 device and on 8 fake CPU devices."""
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from cpu_devices import ROOT, run_on_cpu_devices
 from jaxagent.model import GemmaConfig, cache_partition_spec, init_cache, param_partition_specs
 from jaxagent.model.gemma import param_shapes
 
@@ -84,16 +81,8 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-# XLA:CPU's concurrency-optimised scheduler can deadlock 8 fake devices' collectives on a small thread pool.
-FLAGS = "--xla_force_host_platform_device_count=8 --xla_cpu_enable_concurrency_optimized_scheduler=false"
-
-
 def test_same_results_on_one_and_eight_fake_devices(tmp_path):
-    root = Path(__file__).resolve().parent.parent
     script = tmp_path / "sharded.py"
-    script.write_text(f"FIXTURE = {str(root / 'tests/fixtures/gemma2_tiny')!r}\n" + SCRIPT)
-    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {FLAGS}", JAX_PLATFORMS="cpu",
-               PYTHONPATH=str(root))
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "mesh (2, 2, 2) ok" in proc.stdout and "mesh (8, 1, 1) ok" in proc.stdout
+    script.write_text(f"FIXTURE = {str(ROOT / 'tests/fixtures/gemma2_tiny')!r}\n" + SCRIPT)
+    out = run_on_cpu_devices(8, [str(script)])
+    assert "mesh (2, 2, 2) ok" in out and "mesh (8, 1, 1) ok" in out

@@ -1,7 +1,6 @@
 """The RLFT update on a tiny Gemma: same losses and gradients on a (4, 2, 1) mesh of 8 fake CPU devices as on 1."""
 import os
 import pickle
-import subprocess
 import sys
 
 import jax
@@ -10,6 +9,7 @@ import numpy as np
 import optax
 
 import envs_jax
+from cpu_devices import run_on_cpu_devices
 from jaxagent.experiment import RLConfig
 from jaxagent.model import GemmaConfig, init_params
 from jaxagent.rollout import AgentLoop
@@ -83,14 +83,7 @@ def test_rlft_update_on_eight_fake_devices_matches_one_device(tmp_path):
     data = tmp_path / "batch.pkl"
     data.write_bytes(pickle.dumps(jax.tree.map(np.asarray, (params, batch))))
 
-    # XLA:CPU's concurrency-optimised scheduler can deadlock 8 fake devices' collectives on a small thread pool.
-    flags = "--xla_force_host_platform_device_count=8 --xla_cpu_enable_concurrency_optimized_scheduler=false"
-    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flags}", JAX_PLATFORMS="cpu")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, __file__, "--sharded", str(data)], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_on_cpu_devices(8, [__file__, "--sharded", str(data)])
     got, got_params = pickle.loads(data.with_suffix(".out").read_bytes())
 
     assert want[0]["kl"] > 1e-3 and want[1]["loss"] != want[0]["loss"]  # a live KL term, and the update moved

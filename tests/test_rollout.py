@@ -1,15 +1,13 @@
 """The jitted agent episode against a slow host loop: host strings, host tokenizer, fresh-cache generation, regex."""
 import dataclasses
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import envs_jax
+from cpu_devices import run_on_cpu_devices
 from jaxagent.experts import ExplorationOverride, Expert
 from jaxagent.model import GemmaConfig, init_params
 from jaxagent.model.sampler import generate
@@ -166,13 +164,7 @@ def _per_device_against_one_device_each():
 
 
 def test_rollout_per_device_plays_each_devices_rows_on_their_own():
-    root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2",
-               JAX_PLATFORMS="cpu", PYTHONPATH=str(root))
-    proc = subprocess.run([sys.executable, __file__, "--per-device"], env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().endswith("ok")
+    assert run_on_cpu_devices(2, [__file__, "--per-device"]).strip().endswith("ok")
 
 
 if __name__ == "__main__" and "--per-device" in sys.argv:

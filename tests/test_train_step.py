@@ -1,7 +1,5 @@
 """The generic update on a tiny plain-JAX token policy with a value head (no LLM needed)."""
 import json
-import os
-import subprocess
 import sys
 
 import jax
@@ -10,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from cpu_devices import run_on_cpu_devices
 from jaxagent.losses import get_loss, token_entropy
 from jaxagent.train_step import (NonFiniteError, accumulate_gradients, create_train_state, make_train_step,
                                  raise_if_nonfinite, shardings_of)
@@ -209,16 +208,7 @@ def _mesh_equivalence():
 
 
 def test_eight_device_mesh_matches_one_device():
-    # XLA:CPU's concurrency-optimised scheduler lets one fake device run two collectives at once; with
-    # 8 devices on a small host thread pool that can starve a device and deadlock the rendezvous.
-    flags = "--xla_force_host_platform_device_count=8 --xla_cpu_enable_concurrency_optimized_scheduler=false"
-    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {flags}", JAX_PLATFORMS="cpu")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, __file__, "--mesh-equivalence"], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = json.loads(run_on_cpu_devices(8, [__file__, "--mesh-equivalence"], timeout=300).strip().splitlines()[-1])
     assert report["w1_devices"] == 8 and report["w1_shard_shape"] == [DIM // 2, HIDDEN]
     assert report["grad_diff"] < 1e-5
     assert max(report["loss_diff"]) < 1e-5 and max(report["param_diff"]) < 1e-5

@@ -1,12 +1,11 @@
 """End-to-end trainer behaviour on a tiny set-up: exact resume after an interruption, clear errors, two devices."""
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+
+from cpu_devices import run_on_cpu_devices
 
 from jaxagent.config import ConfigError
 from jaxagent.experiment import load_experiment
@@ -214,13 +213,7 @@ def _rlft_on_two_devices(output_dir):
 
 
 def test_rlft_on_a_two_device_row_mesh_plays_per_device_and_updates(tmp_path):
-    root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2",
-               JAX_PLATFORMS="cpu", PYTHONPATH=str(root))
-    proc = subprocess.run([sys.executable, __file__, "--two-devices", str(tmp_path)], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().endswith("ok")
+    assert run_on_cpu_devices(2, [__file__, "--two-devices", str(tmp_path)]).strip().endswith("ok")
 
 
 if __name__ == "__main__" and "--two-devices" in sys.argv:
