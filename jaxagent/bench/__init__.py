@@ -21,13 +21,17 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def row_mesh(rows: int, devices=None):
-    """A data mesh over ``devices`` (default: all) to split ``rows`` over, or None: one device, or rows that do not
-    divide evenly (they then stay whole, as :func:`over_devices` leaves them)."""
+def _data_mesh(devices=None):
+    """A data mesh over ``devices`` (default: all), or None for one device."""
     devices = jax.devices() if devices is None else devices
-    if len(devices) == 1 or rows % len(devices):
-        return None
-    return make_mesh(data=len(devices), devices=devices)
+    return None if len(devices) == 1 else make_mesh(data=len(devices), devices=devices)
+
+
+def row_mesh(rows: int, devices=None):
+    """The :func:`_data_mesh` to split ``rows`` over, or None: one device, or rows that do not divide evenly (they
+    then stay whole, as :func:`over_devices` leaves them)."""
+    mesh = _data_mesh(devices)
+    return None if mesh is None or rows % mesh.size else mesh
 
 
 def per_device(fn, split, rows: int, devices=None):
@@ -41,9 +45,8 @@ def over_devices(params, batch, devices=None):
     """``params`` replicated and every array of ``batch`` split along its leading axis over ``devices`` (default:
     all; a data mesh); as they are on one device. On a CPU host, ``jaxagent bench`` makes one device per core
     (see ``--cpu-devices``), each running its share of the rows on its own thread."""
-    devices = jax.devices() if devices is None else devices
-    if len(devices) == 1:
+    mesh = _data_mesh(devices)
+    if mesh is None:
         return params, batch
-    mesh = make_mesh(data=len(devices), devices=devices)
     return (jax.device_put(params, param_shardings(mesh, params)),
             jax.tree.map(lambda a: jax.device_put(a, batch_sharding(mesh, a.shape)), batch))

@@ -76,6 +76,11 @@ def batch_sharding(mesh: Mesh, shape: tuple) -> NamedSharding:
     return NamedSharding(mesh, _fit((BATCH,) + (None,) * (len(shape) - 1), shape, mesh))
 
 
+def row_shards(mesh: Mesh) -> int:
+    """How many parts a batch's rows split into: the devices along ("data", "fsdp")."""
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
 def rows_per_device(fn: Callable, mesh: Mesh, split: Sequence[bool]) -> Callable:
     """``fn`` jitted as one independent call per device over ``mesh``'s batch axes (``shard_map``).
 
@@ -88,7 +93,7 @@ def rows_per_device(fn: Callable, mesh: Mesh, split: Sequence[bool]) -> Callable
     in_specs = tuple(P(BATCH) if s else P() for s in split)
 
     def call(*args):
-        shards = mesh.shape["data"] * mesh.shape["fsdp"]
+        shards = row_shards(mesh)
         for i, (arg, s) in enumerate(zip(args, split)):
             rows = {a.shape[0] for a in jax.tree.leaves(arg)} if s else set()
             if any(r % shards for r in rows):

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jaxagent.checkpoint import Checkpointer
 from jaxagent.config import ConfigError
 from jaxagent.experts import Expert, ExplorationOverride, MinimaxExpert
+from jaxagent.model.sharding import row_shards
 from jaxagent.optim import make_optimizer
 from jaxagent.runlog import RunLog
 from jaxagent.train_step import create_train_state, make_train_step, shardings_of
@@ -47,7 +48,7 @@ def _phase_optim(optim, learning_rate):
 
 
 def _check_batch_split(episodes: int, mesh, key: str) -> None:
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    shards = row_shards(mesh)
     if episodes % shards:
         raise ConfigError(f"config key '{key}': an update's {episodes} episodes do not split over the mesh's "
                           f"data x fsdp = {shards} devices")
