@@ -31,7 +31,7 @@ from jaxagent.model.gemma import KVCache
 from jaxagent.model.sharding import BATCH, rows_per_device
 from jaxagent.text.fragments import join
 
-HISTORY_SEGMENTS = 4
+HISTORY_SEGMENTS = 8
 
 
 @struct.dataclass
@@ -124,7 +124,8 @@ class AgentLoop:
     def _segments(self) -> list[tuple[int, int, int | None]]:
         """``(first step, end step, history_len)`` parts of the episode. With a growing history, a part's steps
         decode over only the cache slots its longest history can fill (a static bound, so each part is compiled
-        once): over four parts, a 50-step bandit episode reads about two thirds of the slots it would otherwise."""
+        once). A 50-step bandit episode then reads 7% more slots than its histories hold over eight parts, against
+        15% over four and 64% over one; each part adds to the compile time."""
         if not self.rewinds:
             return [(0, self.num_steps, None)]
         r = self.renderer

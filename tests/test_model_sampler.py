@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fixtures.make_gemma2_fixture import FIXTURE_DIR
-from jaxagent.model import append, forward, init_cache, load_hf, rewind, sample, score
+from jaxagent.model import append, forward, gemma, init_cache, load_hf, rewind, sample, score
 from jaxagent.model.sampler import append_jit, sample_jit, score_jit
 
 G = 4
@@ -43,9 +43,21 @@ def _ragged(rng, lengths, vocab, width=None):
     return toks
 
 
-@pytest.mark.parametrize("unroll_layers", [False, True])
-def test_twenty_turn_episode_with_rewinds_equals_reprefill(model, unroll_layers):
+@pytest.fixture
+def values_read_once(monkeypatch):
+    """Decode attention with every query head of a group in one product over the values (as for values too large
+    for the cache), instead of one product per head."""
+    monkeypatch.setattr(gemma, "PER_HEAD_VALUES_BYTES", 0)
+    jax.clear_caches()  # jitted functions traced with the default must be traced again
+    yield
+    jax.clear_caches()
+
+
+@pytest.mark.parametrize("unroll_layers,values_once", [(False, False), (True, False), (True, True)])
+def test_twenty_turn_episode_with_rewinds_equals_reprefill(model, unroll_layers, values_once, request):
     """Also past the sliding window, where unrolled layers read only the window's slots in local layers."""
+    if values_once:
+        request.getfixturevalue("values_read_once")
     cfg, params = model
     rng = np.random.default_rng(0)
     B, turns, max_len = 3, 20, 160
