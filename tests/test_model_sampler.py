@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from fixtures.make_gemma2_fixture import FIXTURE_DIR
-from jaxagent.model import append, forward, gemma, init_cache, load_hf, rewind, sample, score
-from jaxagent.model.sampler import append_jit, sample_jit, score_jit
+from jaxagent.model import append, forward, gemma, generate, init_cache, load_hf, prefill, rewind, sample, score
+from jaxagent.model.sampler import append_jit, sample_jit, score_jit, unrolled
 
 G = 4
 
@@ -305,3 +305,23 @@ def test_inverse_cdf_draw_follows_softmax_and_never_draws_excluded_tokens():
     # The ends of [0, 1) land on the first and last tokens of positive probability.
     ends = np.asarray(_draw(logits[:2], jnp.asarray([0.0, np.nextafter(np.float32(1), np.float32(0))])))
     np.testing.assert_array_equal(ends, [np.flatnonzero(p)[0], np.flatnonzero(p)[-1]])
+
+
+@pytest.mark.parametrize("unroll_layers", [False, True])
+def test_generate_decodes_from_its_prefill_as_from_the_cache(model, unroll_layers):
+    """``generate`` hands its prefill's keys/values to ``sample``; reading them back from the cache is the same."""
+    cfg, params = model
+    lengths = np.array([9, 3, 6])
+    prompts = jnp.asarray(_ragged(np.random.default_rng(3), lengths, cfg.vocab_size))
+    kw = dict(max_new_tokens=G + 3, temperature=0.8, unroll_layers=unroll_layers)
+    got = generate(params, cfg, prompts, jnp.asarray(lengths), jax.random.key(5), max_len=24, **kw)
+
+    @jax.jit
+    def from_the_cache(prompts, lengths):
+        weights = unrolled(params) if unroll_layers else params  # generate prefills with them too
+        cache, logits = prefill(weights, cfg, prompts, lengths, 24)
+        return sample(weights, cfg, cache, logits, jax.random.key(5), history_len=prompts.shape[1], **kw)
+
+    want = from_the_cache(prompts, jnp.asarray(lengths))
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))

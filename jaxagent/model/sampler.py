@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxagent.model.config import GemmaConfig
-from jaxagent.model.gemma import (KVCache, cache_block, fuse_projections, hidden_states, init_cache, transformer,
-                                  unembed, unstack_layers, value, write_kv)
+from jaxagent.model.gemma import (KVCache, as_block, cache_block, fuse_projections, hidden_states, init_cache,
+                                  transformer, unembed, unstack_layers, value, write_kv)
 
 
 def _last(params, cfg: GemmaConfig, h: jax.Array, lengths: jax.Array) -> jax.Array:
@@ -48,12 +48,18 @@ def append(params, cfg: GemmaConfig, cache: KVCache, tokens: jax.Array, lengths:
 
 def prefill(params, cfg: GemmaConfig, tokens: jax.Array, lengths: jax.Array, max_len: int, dtype=None):
     """``append`` to a fresh cache of ``max_len`` slots, without reading the (empty) cache."""
+    return _prefill(params, cfg, tokens, lengths, max_len, dtype)[:2]
+
+
+def _prefill(params, cfg: GemmaConfig, tokens, lengths, max_len: int, dtype=None):
+    """:func:`prefill`, plus the prompts' keys/values as the attention block :func:`cache_block` would read back."""
     lengths = lengths.astype(jnp.int32)
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
     h, k, v = transformer(params, cfg, tokens, positions)
     cache = init_cache(cfg, tokens.shape[0], max_len, dtype or params["embed"].dtype)
-    cache = write_kv(cache, k, v, positions)
-    return cache.replace(end=jnp.minimum(lengths, max_len)), _last(params, cfg, h, lengths)
+    cache = write_kv(cache, k, v, positions).replace(end=jnp.minimum(lengths, max_len))
+    history = as_block(k.astype(cache.k.dtype), v.astype(cache.v.dtype), positions, positions < cache.end[:, None])
+    return cache, _last(params, cfg, h, lengths), history
 
 
 def rewind(cache: KVCache, positions: jax.Array) -> KVCache:
@@ -121,7 +127,7 @@ def token_logprobs(logits: jax.Array, tokens: jax.Array, temperature: float) -> 
 def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key: jax.Array, *,
            max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
            stop_tokens: Sequence[int] = (), history_len: int | None = None, unroll_layers: bool = False,
-           shared_prefix: int = 0):
+           shared_prefix: int = 0, history=None):
     """Decode up to ``max_new_tokens`` per row: ``(cache, tokens[B, G], logprobs[B, G], lengths[B])``.
 
     A row stops after emitting a stop token (which is kept and counted); its later tokens are ``pad_id`` with
@@ -134,14 +140,18 @@ def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key
     layers then read only the ``window - 1`` history slots they can see.
     ``shared_prefix`` (static): the first ``shared_prefix`` slots hold the same keys/values in every row (e.g. a
     prompt prefix all episodes start with); layers that read them do so from row 0 once for all rows.
+    ``history``: the slots before each row's end as :func:`jaxagent.model.gemma.cache_block` reads them, where the
+    caller has them at hand (:func:`generate` passes the keys/values its prefill computed, so the cache is only
+    written, and not at all where the caller drops it); ``history_len`` is then unused.
     """
     B, G = last_logits.shape[0], max_new_tokens
     stops = jnp.asarray(tuple(stop_tokens) or (-1,), jnp.int32)
     start = cache.end
     L, K, hd = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim
     gen_positions = start[:, None] + jnp.arange(G, dtype=jnp.int32)[None, :]
-    shared, history = _history_blocks(cfg, cache_block(cache, length=history_len), start, shared_prefix,
-                                      unroll_layers)
+    if history is None:
+        history = cache_block(cache, length=history_len)
+    shared, history = _history_blocks(cfg, history, start, shared_prefix, unroll_layers)
     gen_k, gen_v = jnp.zeros((L, B, K, hd, G), cache.k.dtype), jnp.zeros((L, B, K, G, hd), cache.v.dtype)
     # Step i writes the same buffer slot in every row (in place, no per-row scatter); the cache itself is only
     # read while decoding and receives the new tokens once at the end.
@@ -272,10 +282,9 @@ def generate(params, cfg: GemmaConfig, prompts: jax.Array, prompt_lengths: jax.A
     (prepared once for many calls)."""
     if unroll_layers:
         params = unrolled(params)
-    cache, logits = prefill(params, cfg, prompts, prompt_lengths, max_len)
+    cache, logits, history = _prefill(params, cfg, prompts, prompt_lengths, max_len)
     return sample(params, cfg, cache, logits, key, max_new_tokens=max_new_tokens, temperature=temperature,
-                  top_k=top_k, top_p=top_p, stop_tokens=stop_tokens, history_len=prompts.shape[1],
-                  unroll_layers=unroll_layers)
+                  top_k=top_k, top_p=top_p, stop_tokens=stop_tokens, unroll_layers=unroll_layers, history=history)
 
 
 append_jit = jax.jit(append, static_argnames=("cfg", "history_len", "unroll_layers", "shared_prefix"),
