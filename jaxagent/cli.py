@@ -27,6 +27,9 @@ def _cmd_bench(args: argparse.Namespace) -> None:
         module = importlib.import_module(f"jaxagent.bench.{name}")
         results[name] = module.run(quick=args.quick)
     out = results if args.name == "all" else results[args.name]
+    from jaxagent.bench import host
+
+    out["host"] = host()
     print(json.dumps(out, indent=2))
     if args.json:
         path = Path(args.json)

@@ -3,6 +3,8 @@
 Each module exposes ``run(quick: bool = False) -> dict``: it times our implementation and the peer in the
 same process, prints a table (medians, ratio, compile time apart) and returns the JSON-able result.
 """
+import os
+import platform
 import statistics
 import time
 
@@ -19,6 +21,27 @@ def median_seconds(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def host() -> dict:
+    """What the figures were measured on: the CPU model, its cores, JAX's backend and devices, and versions."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu, "cores": cores, "backend": jax.default_backend(), "devices": jax.device_count(),
+            "device_kind": jax.devices()[0].device_kind, "jax": jax.__version__}
+
+
+def device_layouts() -> list:
+    """The device sets a benchmark times ours on: all devices, and the first alone where there are more. Which is
+    faster depends on the host (whether its cores slow each other down when both compute) and on the batch; a
+    benchmark reports both and takes the faster as its headline figure."""
+    devices = jax.devices()
+    return [devices] + ([devices[:1]] if len(devices) > 1 else [])
 
 
 def _data_mesh(devices=None):
