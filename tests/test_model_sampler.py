@@ -282,6 +282,37 @@ def test_block_shared_by_several_rows_equals_each_rows_own_context(model):
         np.testing.assert_allclose(np.asarray(h[row]), np.asarray(alone[0, -W:]), atol=1e-5)
 
 
+@pytest.mark.parametrize("unroll_layers", [False, True])
+def test_last_token_only_equals_that_tokens_hidden_state(model, unroll_layers):
+    """``transformer(last=...)`` (each row's final layer run for one token) against every token's hidden states,
+    with a block shared by several query rows and a packed self-mask; keys/values are those of every token."""
+    from jaxagent.model import transformer
+    from jaxagent.model.gemma import as_block
+
+    cfg, params = model
+    params = unrolled(params) if unroll_layers else params
+    rng = np.random.default_rng(11)
+    P, W, R = 9, 7, 2
+    shared = rng.integers(3, cfg.vocab_size, size=(2, P)).astype(np.int32)
+    _, k, v = transformer(params, cfg, jnp.asarray(shared), jnp.broadcast_to(jnp.arange(P), (2, P)))
+    block = as_block(k, v, jnp.broadcast_to(jnp.arange(P), (2, P)), jnp.asarray(np.arange(P) < [[P], [4], [P], [1]]))
+    if unroll_layers:
+        block = (gemma.unstack_layers(block[0]), gemma.unstack_layers(block[1]), *block[2:])
+    chunks = jnp.asarray(rng.integers(3, cfg.vocab_size, size=(2 * R, W)), jnp.int32)
+    positions = jnp.broadcast_to(P + jnp.arange(W), (2 * R, W))
+    seg = np.array([0] * 3 + [1] * (W - 3))
+    mask = jnp.asarray(np.broadcast_to((seg[:, None] == seg[None, :]) & np.tri(W, dtype=bool), (2 * R, W, W)))
+    last = jnp.array([W - 1, 0, 2, 4])
+    for self_mask in (None, mask):
+        h, k_all, v_all = transformer(params, cfg, chunks, positions, (block,), self_mask)
+        h_last, k_last, v_last = transformer(params, cfg, chunks, positions, (block,), self_mask, last=last)
+        assert h_last.shape == (2 * R, 1, cfg.d_model)
+        np.testing.assert_allclose(np.asarray(h_last[:, 0]), np.asarray(h)[np.arange(2 * R), np.asarray(last)],
+                                   atol=1e-5)
+        np.testing.assert_allclose(np.asarray(k_last), np.asarray(k_all), atol=1e-5)
+        np.testing.assert_allclose(np.asarray(v_last), np.asarray(v_all), atol=1e-5)
+
+
 def test_argmax_takes_the_first_maximum():
     from jaxagent.model.sampler import _argmax
 

@@ -146,7 +146,12 @@ def _project(x: jax.Array, w: jax.Array) -> jax.Array:
     return dense(x, w.reshape(w.shape[0], -1)).reshape(*x.shape[:-1], *w.shape[1:])
 
 
-def _attention(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None, write_slot=None):
+def _take_tokens(a: jax.Array, at: jax.Array) -> jax.Array:
+    """``a[b, at[b]]`` for each row, keeping the token axis: ``[B, T, ...]`` -> ``[B, 1, ...]``."""
+    return jnp.take_along_axis(a, at.reshape(-1, 1, *(1,) * (a.ndim - 2)), axis=1)
+
+
+def _attention(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None, write_slot=None, query_at=None):
     """Attention of the chunk ``x[B, T, D]`` over stored key/value ``blocks`` and over the chunk itself.
 
     Each block is ``(k [Bk, K, hd, S], v [Bk, K, S, hd], key_positions [Bk, S], valid [B, S])`` where ``Bk``
@@ -154,16 +159,22 @@ def _attention(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None
     each of its steps), without repeating it. All blocks and the chunk are parts of one softmax. Returns the
     output and the chunk's keys/values ``[B, T, K, hd]`` for the caller to store; with ``write_slot``, the chunk's
     keys/values are first written into the last block (a per-row buffer, ``Bk = B``) at that slot, attended there,
-    and the updated buffer's keys/values are returned instead.
+    and the updated buffer's keys/values are returned instead. With ``query_at [B]``, only that token of each row
+    queries (the output is ``[B, 1, D]``); every token's keys/values are still returned.
     """
-    B, T, _ = x.shape
+    B = x.shape[0]
     K, G = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
     if "qkv" in p:
         q, k, v = jnp.split(_project(x, p["qkv"]), (cfg.num_heads, cfg.num_heads + K), axis=2)
     else:
         q, k, v = (_project(x, p[name]) for name in "qkv")
     q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
-    q = (q * jnp.asarray(cfg.query_scale, q.dtype)).reshape(B, T, K, G, cfg.head_dim)
+    q = (q * jnp.asarray(cfg.query_scale, q.dtype)).reshape(*q.shape[:2], K, G, cfg.head_dim)
+    q_positions = positions
+    if query_at is not None:
+        q, q_positions = _take_tokens(q, query_at), _take_tokens(positions, query_at)
+        self_mask = None if self_mask is None else _take_tokens(self_mask, query_at)
+    T = q.shape[1]
     if write_slot is not None:
         # Written before it is read, the buffer is updated in place; a separate read of the old buffer (attending
         # to the chunk apart) made XLA:CPU copy it at every decode step.
@@ -177,7 +188,7 @@ def _attention(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None
         Bk, S = key_positions.shape
         R = B // Bk
         scores = _qk(q.reshape(Bk, R * T, K, G, cfg.head_dim), bk)
-        qpos = positions.reshape(Bk, 1, 1, R, T, 1)
+        qpos = q_positions.reshape(Bk, 1, 1, R, T, 1)
         kpos = key_positions.reshape(Bk, 1, 1, 1, 1, S)
         ok = (kpos <= qpos) & valid.reshape(Bk, 1, 1, R, 1, S)
         if window is not None:
@@ -187,7 +198,7 @@ def _attention(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None
 
     def self_scores():
         scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32)
-        qpos, kpos = positions[:, None, None, :, None], positions[:, None, None, None, :]
+        qpos, kpos = q_positions[:, None, None, :, None], positions[:, None, None, None, :]
         ok = kpos <= qpos if self_mask is None else self_mask[:, None, None]
         if window is not None:
             ok &= qpos - kpos < window
@@ -228,10 +239,12 @@ def _dense_bwd(out_dtype, residuals, dy):
 dense.defvjp(_dense_fwd, _dense_bwd)
 
 
-def _layer(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None, write_slot=None):
+def _layer(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None, write_slot=None, query_at=None):
     eps = cfg.rms_norm_eps
     h, k, v = _attention(p, cfg, rms_norm(x, p["attn_norm"], eps), positions, blocks, window, self_mask,
-                         write_slot)
+                         write_slot, query_at)
+    if query_at is not None:
+        x = _take_tokens(x, query_at)
     x = x + rms_norm(h, p["post_attn_norm"], eps)
     h = rms_norm(x, p["ffw_norm"], eps)
     if "gate_up" in p:
@@ -246,7 +259,8 @@ def _pairs(a: jax.Array) -> jax.Array:
     return a.reshape(a.shape[0] // 2, 2, *a.shape[1:])
 
 
-def transformer(params, cfg: GemmaConfig, tokens, positions, blocks=(), self_mask=None, write_slot=None):
+def transformer(params, cfg: GemmaConfig, tokens, positions, blocks=(), self_mask=None, write_slot=None,
+                last=None):
     """Final-normed hidden states ``[B, T, D]`` and the chunk's keys/values ``[L, B, T, K, hd]``.
 
     ``blocks``: stored keys/values the chunk attends to besides itself, each
@@ -262,18 +276,22 @@ def transformer(params, cfg: GemmaConfig, tokens, positions, blocks=(), self_mas
     Python loop instead of a scan; written buffers then come back as such tuples too. A block's key positions
     and valid mask, and ``write_slot``, may then also be per-layer tuples (buffers of different widths), and its
     keys/values ``None`` for layers that do not read it.
+    ``last [B]`` (e.g. prefilling, where only each row's last token is unembedded): the hidden states are only
+    those of token ``last[b]`` of each row, ``[B, 1, D]``; the final layer's attention output and MLP then run
+    for that token alone.
     """
     embed = params["embed"]
     x = embed[tokens] * jnp.asarray(math.sqrt(cfg.d_model), embed.dtype)
 
-    def run_layers(x, layers, kvs):
-        """Apply ``layers[i]`` in order (even ``i``: sliding window); ``kvs[n][0|1][i]`` is block ``n``'s k/v."""
+    def run_layers(x, layers, kvs, query_at=None):
+        """Apply ``layers[i]`` in order (even ``i``: sliding window); ``kvs[n][0|1][i]`` is block ``n``'s k/v.
+        ``query_at``: the tokens the last of ``layers`` keeps (see ``last``)."""
         new_kv = []
         for i, p in enumerate(layers):
             layer_blocks = [(bk[i], bv[i], _of_layer(kp, i), _of_layer(ok, i))
                             for (bk, bv), (_, _, kp, ok) in zip(kvs, blocks) if bk[i] is not None]
             x, k, v = _layer(p, cfg, x, positions, layer_blocks, (cfg.sliding_window, None)[i % 2], self_mask,
-                             _of_layer(write_slot, i))
+                             _of_layer(write_slot, i), query_at if i == len(layers) - 1 else None)
             new_kv.append((k, v))
         return x, tuple(zip(*new_kv))
 
@@ -281,7 +299,7 @@ def transformer(params, cfg: GemmaConfig, tokens, positions, blocks=(), self_mas
         return x, tuple(jnp.stack(a) for a in kvs)
 
     if isinstance(params["layers"], tuple):
-        x, (new_k, new_v) = run_layers(x, params["layers"], [(bk, bv) for bk, bv, _, _ in blocks])
+        x, (new_k, new_v) = run_layers(x, params["layers"], [(bk, bv) for bk, bv, _, _ in blocks], last)
         if write_slot is None:
             x, (new_k, new_v) = stacked(x, (new_k, new_v))
     else:
@@ -290,8 +308,14 @@ def transformer(params, cfg: GemmaConfig, tokens, positions, blocks=(), self_mas
         pair_step = jax.checkpoint(lambda x, xs: stacked(*run_layers(x, unstack_layers(xs[0]), xs[1])),
                                    prevent_cse=False,
                                    policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
-        kv_xs = [(_pairs(bk), _pairs(bv)) for bk, bv, _, _ in blocks]
-        x, (new_k, new_v) = jax.lax.scan(pair_step, x, (jax.tree.map(_pairs, params["layers"]), kv_xs))
+        xs = (jax.tree.map(_pairs, params["layers"]), [(_pairs(bk), _pairs(bv)) for bk, bv, _, _ in blocks])
+        if last is None:
+            x, (new_k, new_v) = jax.lax.scan(pair_step, x, xs)
+        else:  # the final pair runs apart, its second layer for the ``last`` tokens only
+            x, (new_k, new_v) = jax.lax.scan(pair_step, x, jax.tree.map(lambda a: a[:-1], xs))
+            final_layers, final_kvs = jax.tree.map(lambda a: a[-1], xs)
+            x, final_kv = stacked(*run_layers(x, unstack_layers(final_layers), final_kvs, last))
+            new_k, new_v = (jnp.concatenate([a, b[None]]) for a, b in zip((new_k, new_v), final_kv))
         new_k, new_v = new_k.reshape(-1, *new_k.shape[2:]), new_v.reshape(-1, *new_v.shape[2:])
     return rms_norm(x, params["final_norm"], cfg.rms_norm_eps), new_k, new_v
 

@@ -21,9 +21,9 @@ from jaxagent.model.gemma import (KVCache, as_block, cache_block, fuse_projectio
                                   transformer, unembed, unstack_layers, value, write_kv)
 
 
-def _last(params, cfg: GemmaConfig, h: jax.Array, lengths: jax.Array) -> jax.Array:
-    last = jnp.take_along_axis(h, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)[:, 0]
-    return unembed(params, cfg, last)
+def _last_token(lengths: jax.Array) -> jax.Array:
+    """Each row's last token of a chunk of ``lengths`` tokens (the first where there are none)."""
+    return jnp.maximum(lengths - 1, 0)
 
 
 def append(params, cfg: GemmaConfig, cache: KVCache, tokens: jax.Array, lengths: jax.Array,
@@ -41,9 +41,10 @@ def append(params, cfg: GemmaConfig, cache: KVCache, tokens: jax.Array, lengths:
         params = unrolled(params)
     shared, own = _history_blocks(cfg, cache_block(cache, length=history_len), cache.end, shared_prefix,
                                   unroll_layers)
-    h, k, v = transformer(params, cfg, tokens, positions, (*shared, tuple(zip(*own)) if unroll_layers else own))
+    h, k, v = transformer(params, cfg, tokens, positions, (*shared, tuple(zip(*own)) if unroll_layers else own),
+                          last=_last_token(lengths))
     cache = write_kv(cache, k, v, positions)
-    return cache.replace(end=jnp.minimum(cache.end + lengths, cache.max_len)), _last(params, cfg, h, lengths)
+    return cache.replace(end=jnp.minimum(cache.end + lengths, cache.max_len)), unembed(params, cfg, h[:, 0])
 
 
 def prefill(params, cfg: GemmaConfig, tokens: jax.Array, lengths: jax.Array, max_len: int, dtype=None):
@@ -55,11 +56,11 @@ def _prefill(params, cfg: GemmaConfig, tokens, lengths, max_len: int, dtype=None
     """:func:`prefill`, plus the prompts' keys/values as the attention block :func:`cache_block` would read back."""
     lengths = lengths.astype(jnp.int32)
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
-    h, k, v = transformer(params, cfg, tokens, positions)
+    h, k, v = transformer(params, cfg, tokens, positions, last=_last_token(lengths))
     cache = init_cache(cfg, tokens.shape[0], max_len, dtype or params["embed"].dtype)
     cache = write_kv(cache, k, v, positions).replace(end=jnp.minimum(lengths, max_len))
     history = as_block(k.astype(cache.k.dtype), v.astype(cache.v.dtype), positions, positions < cache.end[:, None])
-    return cache, _last(params, cfg, h, lengths), history
+    return cache, unembed(params, cfg, h[:, 0]), history
 
 
 def rewind(cache: KVCache, positions: jax.Array) -> KVCache:
