@@ -303,9 +303,10 @@ def test_last_token_only_equals_that_tokens_hidden_state(model, unroll_layers):
     seg = np.array([0] * 3 + [1] * (W - 3))
     mask = jnp.asarray(np.broadcast_to((seg[:, None] == seg[None, :]) & np.tri(W, dtype=bool), (2 * R, W, W)))
     last = jnp.array([W - 1, 0, 2, 4])
+    run = jax.jit(transformer, static_argnums=1)
     for self_mask in (None, mask):
-        h, k_all, v_all = transformer(params, cfg, chunks, positions, (block,), self_mask)
-        h_last, k_last, v_last = transformer(params, cfg, chunks, positions, (block,), self_mask, last=last)
+        h, k_all, v_all = run(params, cfg, chunks, positions, (block,), self_mask)
+        h_last, k_last, v_last = run(params, cfg, chunks, positions, (block,), self_mask, last=last)
         assert h_last.shape == (2 * R, 1, cfg.d_model)
         np.testing.assert_allclose(np.asarray(h_last[:, 0]), np.asarray(h)[np.arange(2 * R), np.asarray(last)],
                                    atol=1e-5)
