@@ -36,12 +36,14 @@ def host() -> dict:
             "device_kind": jax.devices()[0].device_kind, "jax": jax.__version__}
 
 
-def device_layouts() -> list:
-    """The device sets a benchmark times ours on: all devices, and the first alone where there are more. Which is
-    faster depends on the host (whether its cores slow each other down when both compute) and on the batch; a
-    benchmark reports both and takes the faster as its headline figure."""
-    devices = jax.devices()
-    return [devices] + ([devices[:1]] if len(devices) > 1 else [])
+def on_each_layout(time_on) -> tuple[dict, int]:
+    """``time_on(devices)`` (a tuple whose first item is seconds) on all devices, and on the first alone where there
+    are more: ``({device count: result}, the faster count)``; that layout's devices are ``jax.devices()[:count]``.
+    Which is faster depends on the host (whether its cores slow each other down when both compute) and on the
+    batch; a benchmark reports both and takes the faster as its headline figure."""
+    counts = (jax.device_count(), 1) if jax.device_count() > 1 else (1,)
+    timed = {n: time_on(jax.devices()[:n]) for n in counts}
+    return timed, min(timed, key=lambda n: timed[n][0])
 
 
 def _data_mesh(devices=None):

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import envs_jax
-from jaxagent.bench import device_layouts, median_seconds, over_devices, row_mesh
+from jaxagent.bench import median_seconds, on_each_layout, over_devices, row_mesh
 from jaxagent.bench.sampler import floor_step, make_checkpoint
 from jaxagent.model import load_hf
 from jaxagent.model.sampler import score
@@ -150,14 +150,12 @@ def run(quick: bool = False) -> dict:
         else:
             print("host-loop column skipped: torch is not installed")
         for batch in batches:
-            timed = {len(devices): (_ours(loop, env, params, batch, repeats, devices), devices)
-                     for devices in device_layouts()}
-            best = min(timed, key=lambda n: timed[n][0][0])
-            (seconds, first), devices = timed[best]
+            timed, best = on_each_layout(lambda devices: _ours(loop, env, params, batch, repeats, devices))
+            seconds, first = timed[best]
             ours = batch * horizon / seconds
-            floor = batch * horizon / (horizon * G * floor_step(params, cfg, batch, repeats, devices))
+            floor = batch * horizon / (horizon * G * floor_step(params, cfg, batch, repeats, jax.devices()[:best]))
             row = {"ours_steps_per_s": round(ours, 1), "devices": best,
-                   "ours_steps_per_s_by_devices": {n: round(batch * horizon / t[0][0], 1) for n, t in timed.items()},
+                   "ours_steps_per_s_by_devices": {n: round(batch * horizon / t[0], 1) for n, t in timed.items()},
                    "compile_s": round(first - seconds, 2),
                    "floor_steps_per_s": round(floor, 1), "fraction_of_floor": round(ours / floor, 2),
                    "host_steps_per_s": None, "ratio": None}
@@ -166,7 +164,7 @@ def run(quick: bool = False) -> dict:
                                                 for seed in range(host_repeats)]))
                 row.update(host_steps_per_s=round(batch * horizon / host_seconds, 1),
                            ratio=round(host_seconds / seconds, 1),
-                           ratio_by_devices={n: round(host_seconds / t[0][0], 1) for n, t in timed.items()})
+                           ratio_by_devices={n: round(host_seconds / t[0], 1) for n, t in timed.items()})
             result[f"batch_{batch}"] = row
             print(f"batch {batch}: " + ", ".join(f"{k}={v}" for k, v in row.items()))
         result["train"] = _train_tokens_per_s(params, cfg, path, 8, 256 if quick else 512, repeats, have_torch)

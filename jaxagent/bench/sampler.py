@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxagent.bench import device_layouts, median_seconds, over_devices, per_device
+from jaxagent.bench import median_seconds, on_each_layout, over_devices, per_device
 from jaxagent.model import GemmaConfig, forward, generate, init_params, load_hf, save_hf
 from jaxagent.model.gemma import dense, param_shapes
 from jaxagent.model.sampler import unrolled
@@ -180,13 +180,11 @@ def run(quick: bool = False) -> dict:
         cfg, params = load_hf(path)
         for batch in batches:
             prompts = np.random.default_rng(123 + batch).integers(3, cfg.vocab_size, size=(batch, PROMPT))
-            timed = {len(devices): (_ours(params, cfg, prompts, repeats, devices), devices)
-                     for devices in device_layouts()}
-            best = min(timed, key=lambda n: timed[n][0][0])
-            (seconds, first, tokens), devices = timed[best]
-            floor = floor_step(params, cfg, batch, repeats, devices)
+            timed, best = on_each_layout(lambda devices: _ours(params, cfg, prompts, repeats, devices))
+            seconds, first, tokens = timed[best]
+            floor = floor_step(params, cfg, batch, repeats, jax.devices()[:best])
             row = {"ours_tokens_per_s": round(batch * NEW / seconds), "devices": best,
-                   "ours_tokens_per_s_by_devices": {n: round(batch * NEW / t[0][0]) for n, t in timed.items()},
+                   "ours_tokens_per_s_by_devices": {n: round(batch * NEW / t[0]) for n, t in timed.items()},
                    "compile_s": round(first - seconds, 2),
                    "ours_ms_per_token_step": round(1e3 * seconds / NEW, 3),
                    "floor_ms_per_step": round(1e3 * floor, 3), "fraction_of_floor": round(floor * NEW / seconds, 2)}
@@ -197,7 +195,7 @@ def run(quick: bool = False) -> dict:
                 peer_seconds, peer_first, peer_tokens = fn(path, prompts, repeats)
                 row[f"{name}_tokens_per_s"] = round(batch * NEW / peer_seconds)
                 row[f"ratio_{name}"] = round(peer_seconds / seconds, 2)
-                row[f"ratio_{name}_by_devices"] = {n: round(peer_seconds / t[0][0], 2) for n, t in timed.items()}
+                row[f"ratio_{name}_by_devices"] = {n: round(peer_seconds / t[0], 2) for n, t in timed.items()}
                 row[f"{name}_first_call_s"] = round(peer_first, 2)
                 row[f"{name}_tokens_match"] = bool((peer_tokens == tokens).all())
             result[f"batch_{batch}"] = row
