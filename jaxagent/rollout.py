@@ -31,8 +31,6 @@ from jaxagent.model.gemma import KVCache
 from jaxagent.model.sharding import BATCH, rows_per_device
 from jaxagent.text.fragments import join
 
-HISTORY_SEGMENTS = 8
-
 
 @struct.dataclass
 class Trajectory:
@@ -74,6 +72,7 @@ class AgentLoop:
     exploration_bonus: float = 0.0
     exploration: Any = None  # an experts.ExplorationOverride (try-all / ε-greedy), or None
     unroll_layers: bool = False  # see jaxagent.model.sampler.sample
+    history_segments: int = 8  # see _segments
 
     @property
     def rewinds(self) -> bool:
@@ -129,7 +128,7 @@ class AgentLoop:
         if not self.rewinds:
             return [(0, self.num_steps, None)]
         r = self.renderer
-        bounds = np.linspace(0, self.num_steps, min(HISTORY_SEGMENTS, self.num_steps) + 1).astype(int)
+        bounds = np.linspace(0, self.num_steps, min(self.history_segments, self.num_steps) + 1).astype(int)
         return [(int(a), int(b), r.prefix[1] + (int(b) - 1) * r.line_width + r.tail_width)
                 for a, b in zip(bounds[:-1], bounds[1:])]
 

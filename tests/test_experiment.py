@@ -76,3 +76,25 @@ def test_unknown_key_is_named(override, key):
 def test_bad_value_error_names_the_key(override, key):
     with pytest.raises(ConfigError, match=f"config key '{key}'"):
         load_experiment(None, [override])
+
+
+def test_build_hands_every_prompt_and_rollout_setting_to_the_episode():
+    from jaxagent.text import PromptOptions
+    from jaxagent.trainers.setup import build
+
+    exp = build(load_experiment(None, [
+        "model.preset=nano", "model.tokenizer=shipped", "env.name=bandit-bernoulli",
+        "env.options={num_arms: 3, horizon: 6}", "prompt.arm_labels=numeric", "prompt.chain_of_thought=false",
+        "prompt.context_summary=true", "prompt.history_window=2", "prompt.max_prompt_tokens=900",
+        "rollout.max_new_tokens=20", "rollout.temperature=0.7", "rollout.top_k=5", "rollout.top_p=0.9",
+        "rollout.invalid_penalty=-2.5", "rollout.exploration_bonus=true", "rollout.exploration_bonus_value=0.5",
+        "rollout.unroll_layers=true", "env.num_steps=4", "eval.temperature=0.3"]))
+    assert exp.renderer.options == PromptOptions(labels="numeric", cot=False, summary=True, history_window=2,
+                                                 legal_actions=True, max_len=900, distribution="Bernoulli")
+    train, evaluate = exp.train_loop, exp.eval_loop
+    assert (train.num_steps, train.max_new_tokens, train.temperature, train.top_k, train.top_p) == (4, 20, 0.7, 5, 0.9)
+    # the penalty is subtracted: the episode holds its size, the config its sign
+    assert (train.invalid_penalty, train.exploration_bonus, train.unroll_layers) == (2.5, 0.5, True)
+    assert train.stop_tokens == exp.tokenizer.stop_ids and train.exploration is None
+    assert (evaluate.temperature, evaluate.top_k, evaluate.top_p) == (0.3, 0, 1.0)
+    assert evaluate.invalid_penalty == 2.5 and evaluate.num_steps == 4

@@ -1,16 +1,13 @@
-"""The jitted agent episode against a slow host loop: host strings, host tokenizer, fresh-cache generation, regex."""
+"""Expert episodes and the exploration overrides in the agent episode (the episode itself, against a host loop that
+plays it, is in test_episode.py)."""
 import dataclasses
-import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import envs_jax
-from cpu_devices import run_on_cpu_devices
 from jaxagent.experts import ExplorationOverride, Expert
 from jaxagent.model import GemmaConfig, init_params
-from jaxagent.model.sampler import generate
 from jaxagent.rollout import AgentLoop
 from jaxagent.text.bandit_prompt import BanditRenderer
 from jaxagent.text.parse import ActionParser
@@ -36,46 +33,6 @@ def make_loop(**kw):
 
 def row(tree, b, t=None):
     return jax.tree.map(lambda x: np.asarray(x)[b] if t is None else np.asarray(x)[b, t], tree)
-
-
-def test_rollout_is_token_exact_against_host_loop():
-    loop, pool = make_loop(temperature=0.0, exploration_bonus=1.0)
-    params = init_params(CFG, jax.random.key(0), std=0.5)
-    traj = jax.jit(loop.rollout)(params, pool, jax.random.key(2))
-    prefix = list(np.asarray(loop.renderer.prefix[0]))
-    for b in range(B):
-        history = []
-        for t in range(HORIZON):
-            state, env_params = row(traj.states, b, t), row(pool, b)
-            history += list(traj.line_tokens[b, t, : traj.line_lengths[b, t]])
-            tail = list(traj.tail_tokens[b, t, : traj.tail_lengths[b, t]])
-            expected_prompt = TOK.encode(loop.renderer.render_text(state, env_params))
-            assert prefix + history + tail == expected_prompt
-            ids = jnp.asarray([expected_prompt], jnp.int32)
-            _, gen, _, n = generate(params, CFG, ids, jnp.asarray([len(expected_prompt)]), jax.random.key(0),
-                                    max_len=len(expected_prompt) + G, max_new_tokens=G, stop_tokens=TOK.stop_ids)
-            n = int(n[0])
-            assert traj.tokens[b, t, :n].tolist() == gen[0, :n].tolist() and traj.lengths[b, t] == n
-            action = loop.parser.parse_reference(gen[0, :n].tolist())
-            assert bool(traj.valid[b, t]) == (action is not None)
-            if action is not None:
-                assert traj.actions[b, t] == action
-            assert state.actions[t] == -1 and (t == 0 or state.actions[t - 1] == traj.actions[b, t - 1])
-            new_arm = state.counts[traj.actions[b, t]] == 0
-            shaped = traj.env_rewards[b, t] + 1.0 * new_arm - 5.0 * (action is None)
-            np.testing.assert_allclose(traj.train_rewards[b, t], shaped, rtol=1e-6)
-
-
-def test_unrolled_decode_plays_the_same_episode():
-    params = init_params(CFG, jax.random.key(0), std=0.5)
-    trajs = []
-    for unroll in (False, True):
-        loop, pool = make_loop(temperature=1.0, unroll_layers=unroll)
-        trajs.append(jax.jit(loop.rollout)(params, pool, jax.random.key(3)))
-    scanned, unrolled = trajs
-    np.testing.assert_array_equal(unrolled.tokens, scanned.tokens)
-    np.testing.assert_array_equal(unrolled.actions, scanned.actions)
-    np.testing.assert_allclose(unrolled.logprobs, scanned.logprobs, atol=1e-5)
 
 
 def test_expert_episode_parses_back_to_the_expert_actions():
@@ -139,33 +96,3 @@ def test_sft_with_action_noise_labels_every_turn_with_the_experts_text():
         else:
             assert text.endswith("<end_of_turn>") and "has not been tried yet" in text
     assert disagreements > 0  # some played actions are the noise's, not the labels'
-
-
-def _per_device_against_one_device_each():
-    """(Run with 2 CPU devices.) ``rollout_per_device`` plays each device's rows as ``rollout`` alone would with
-    that device's folded key; both devices get the same two env instances, so only their keys differ."""
-    from jaxagent.model import make_mesh
-
-    assert jax.device_count() == 2
-    loop, _ = make_loop(temperature=1.0, unroll_layers=True)
-    rows = jax.vmap(loop.env.sample_params)(jax.random.split(jax.random.key(1), 2))
-    pool = jax.tree.map(lambda a: jnp.concatenate([a, a]), rows)
-    params, key = init_params(CFG, jax.random.key(0), std=0.5), jax.random.key(5)
-    got = loop.rollout_per_device(make_mesh(data=2))(params, pool, key)
-    assert [s.data.shape for s in got.tokens.addressable_shards] == [(2, HORIZON, G)] * 2
-    for i in range(2):
-        want = jax.jit(loop.rollout)(params, rows, jax.random.fold_in(key, i))
-        np.testing.assert_array_equal(got.tokens[2 * i:2 * i + 2], want.tokens)
-        np.testing.assert_array_equal(got.actions[2 * i:2 * i + 2], want.actions)
-        np.testing.assert_allclose(got.logprobs[2 * i:2 * i + 2], want.logprobs, atol=1e-5)
-    assert int(got.prefix_length) == loop.renderer.prefix[1]
-    assert not np.array_equal(got.tokens[:2], got.tokens[2:])
-    print("ok")
-
-
-def test_rollout_per_device_plays_each_devices_rows_on_their_own():
-    assert run_on_cpu_devices(2, [__file__, "--per-device"]).strip().endswith("ok")
-
-
-if __name__ == "__main__" and "--per-device" in sys.argv:
-    _per_device_against_one_device_each()
