@@ -1,5 +1,6 @@
 """`jaxagent bench envs` runs (small sizes) and reports both tasks beside their peers."""
 import json
+import math
 import subprocess
 import sys
 
@@ -14,6 +15,5 @@ def test_bench_envs_quick(tmp_path):
         r = data[task]
         assert peer in r["peer"]
         for k in ("ours_steps_per_s", "peer_steps_per_s", "ratio", "ours_compile_s", "peer_compile_s"):
-            assert r[k] > 0 or k.endswith("compile_s"), (task, k)
-        assert abs(r["ratio"] - r["ours_steps_per_s"] / r["peer_steps_per_s"]) < 0.01
+            assert math.isfinite(r[k]) and (r[k] >= 0 if k.endswith("compile_s") else r[k] > 0), (task, k, r[k])
     assert "ratio" in proc.stdout

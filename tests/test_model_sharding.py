@@ -42,7 +42,7 @@ def test_axes_that_do_not_divide_are_dropped():
 SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from jaxagent.model import (append, batch_sharding, cache_shardings, forward, init_cache, load_hf, make_mesh,
-                                param_shardings, sample)
+                                param_shardings, sample, score)
     cfg, params = load_hf(FIXTURE)
     assert len(jax.devices()) == 8
     B, P, G = 8, 12, 10
@@ -52,15 +52,28 @@ SCRIPT = textwrap.dedent("""
     prompt = jnp.asarray(rng.integers(3, cfg.vocab_size, size=(B, P)), jnp.int32)
     lengths = jnp.asarray(rng.integers(4, P + 1, size=B), jnp.int32)
 
+    # Tokens are compared across programs only greedily; sampled (top-p) tokens through their log-probs.
     @jax.jit
     def run(params, tokens, prompt, lengths, cache):
         logits = forward(params, cfg, tokens, positions)[0]
         cache, last = append(params, cfg, cache, prompt, lengths)
-        cache, toks, logps, n = sample(params, cfg, cache, last, jax.random.key(0), max_new_tokens=G,
-                                       temperature=0.8, top_p=0.9)
-        return logits, toks, logps, n, cache.end
+        greedy, toks, logps, n = sample(params, cfg, cache, last, jax.random.key(0), max_new_tokens=G)
+        _, drawn, drawn_logps, drawn_n = sample(params, cfg, cache, last, jax.random.key(0), max_new_tokens=G,
+                                                temperature=0.8, top_p=0.9)
+        return logits, toks, logps, n, greedy.end, drawn, drawn_logps, drawn_n
+
+    score_jit = jax.jit(lambda params, seqs: score(params, cfg, seqs, temperature=0.8))
+
+    def scored(drawn):
+        seqs = np.zeros((B, P + G), np.int32)
+        for b, p in enumerate(np.asarray(lengths)):
+            seqs[b, :p + G] = np.concatenate([np.asarray(prompt)[b, :p], drawn[b]])
+        logp = np.asarray(score_jit(params, jnp.asarray(seqs)))
+        return np.stack([logp[b, p:p + G] for b, p in enumerate(np.asarray(lengths))])
 
     want = run(params, tokens, prompt, lengths, init_cache(cfg, B, P + G))
+    np.testing.assert_array_equal(np.asarray(want[7]), G)
+    np.testing.assert_allclose(np.asarray(want[6]), scored(np.asarray(want[5])), atol=1e-4)
     for shape in ((2, 2, 2), (8, 1, 1)):
         mesh = make_mesh(*shape)
         sp = jax.device_put(params, param_shardings(mesh, params))
@@ -77,6 +90,8 @@ SCRIPT = textwrap.dedent("""
         np.testing.assert_allclose(np.asarray(got[2]), np.asarray(want[2]), atol=1e-4)
         np.testing.assert_array_equal(np.asarray(got[3]), np.asarray(want[3]))
         np.testing.assert_array_equal(np.asarray(got[4]), np.asarray(want[4]))
+        np.testing.assert_array_equal(np.asarray(got[7]), G)
+        np.testing.assert_allclose(np.asarray(got[6]), scored(np.asarray(got[5])), atol=1e-4)
         print("mesh", shape, "ok")
 """)
 

@@ -1,6 +1,7 @@
 """Jitted prompt rendering equals ``tokenizer.encode(render_text(state))`` token for token, for every template,
 for the shipped BPE and a Gemma-style SentencePiece tokenizer; the text itself has the paper's format."""
 import re
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,7 @@ from jaxagent.text.bandit_prompt import BanditRenderer
 from jaxagent.text.contextual_prompt import ContextualRenderer
 from jaxagent.text.numbers import format_value
 from jaxagent.text.render import PromptOptions
-from jaxagent.text.states import BanditParams, BanditState
+from jaxagent.text.states import BanditParams, BanditState, TicTacToeState
 from jaxagent.text.tictactoe_prompt import TicTacToeRenderer
 from jaxagent.text.tokenizer import TextError, shipped_tokenizer
 
@@ -52,7 +53,7 @@ def row(tree, b):
 def test_render_is_token_exact_on_1024_random_states(tokenizer_name, template):
     r = renderer(tokenizer_name, template)
     render = jax.jit(jax.vmap(r.render))
-    rng = np.random.default_rng(hash((tokenizer_name, template)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(f"{tokenizer_name}/{template}".encode()))
     for _ in range(4):
         states, params = r.sample(rng, 256)
         tokens, lengths = map(np.asarray, render(states, params))
@@ -125,6 +126,58 @@ def test_bandit_text_follows_the_paper_format():
     text = numeric.render_text(*_bandit_state([2], [0.5]))
     assert "interact with 3 arms labeled 0, 1, 2." in text and "Output ONLY your final answer" in text
     assert re.search(r"^Step=0 Action=2 Reward=0\.50$", text, re.M)
+
+
+TICTACTOE_OPENING = (
+    "<bos><start_of_turn>user\n"
+    "You are playing tic-tac-toe as player 1 against an opponent who is player 2. The board is a string of 9 digits, "
+    "one per square in row order (squares 012 / 345 / 678): 0 is an empty square, 1 is your mark and 2 is the "
+    "opponent's mark. On each turn you MUST put your mark on an empty square, named by its number 0-8. Three marks "
+    "in a row, column or diagonal win. The reward is 1 for a win, 0 for a draw and -1 for a loss.\n")
+# After the agent took the centre (4) and the opponent a corner (0), then the agent 8 and the opponent 2.
+TICTACTOE_HISTORY = (
+    "So far you have tried/seen:\n"
+    "Step=0 State=000000000 Action=4 Reward=0.00\n"
+    "Step=1 State=200010000 Action=8 Reward=0.00\n"
+    "Current State=202010001\n")
+TICTACTOE_TEXTS = {
+    "tictactoe_legal": (
+        TICTACTOE_OPENING + "Think step-by-step and output your final answer in the format ACTION=X where X is one "
+        "of the legal actions. IMPORTANT: Provide your (SHORT!) thinking process and your answer ACTION=X\n"
+        + TICTACTOE_HISTORY + "Legal actions: 1, 3, 5, 6, 7\n"
+        "What do you predict next?<end_of_turn>\n<start_of_turn>model\n"),
+    "tictactoe_no_legal_nocot": (
+        TICTACTOE_OPENING + "Output ONLY your final answer in the format ACTION=X.\n" + TICTACTOE_HISTORY
+        + "What do you predict next?<end_of_turn>\n<start_of_turn>model\n"),
+}
+
+
+def _tictactoe_after(moves):
+    """The prompt state after ``moves`` (the agent's move and the opponent's reply each), by the game's rules."""
+    from envs_jax.games import tictactoe as game
+
+    g, boards = game.init(), []
+    for mine, theirs in moves:
+        boards.append(np.asarray(game.board_of(g.x, g.o)))
+        g = game.step(game.step(g, mine), theirs)
+    horizon, t = 5, len(moves)
+    actions = np.full(horizon, -1, np.int32)
+    actions[:t] = [mine for mine, _ in moves]
+    history = np.zeros((horizon, 9), np.int32)
+    history[:t] = boards
+    return TicTacToeState(np.asarray(game.board_of(g.x, g.o)), np.asarray(g.legal_action_mask), np.int32(t),
+                          actions, np.zeros(horizon, np.float32), history)
+
+
+@pytest.mark.parametrize("template", sorted(TICTACTOE_TEXTS))
+@pytest.mark.parametrize("tokenizer_name", sorted(TOKENIZERS))
+def test_tictactoe_prompt_is_the_papers_text(tokenizer_name, template):
+    r = renderer(tokenizer_name, template)
+    state = _tictactoe_after([(4, 0), (8, 2)])
+    expected = TICTACTOE_TEXTS[template]
+    assert r.render_text(state, None) == expected
+    tokens, length = map(np.asarray, jax.jit(r.render)(state, None))
+    assert tokens[:length].tolist() == r.tokenizer.encode(expected)
 
 
 def test_contextual_text_describes_each_user():

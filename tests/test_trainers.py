@@ -1,11 +1,15 @@
 """End-to-end trainer behaviour on a tiny set-up: exact resume after an interruption, clear errors, two devices."""
+import dataclasses
 import sys
+from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from cpu_devices import run_on_cpu_devices
+from fixtures.make_gemma2_fixture import FIXTURE_DIR
 
 from jaxagent.config import ConfigError
 from jaxagent.experiment import load_experiment
@@ -20,34 +24,63 @@ TINY = ["model.preset=nano", "model.tokenizer=shipped", "env.options={num_arms: 
         "run.checkpoint_every=2", "run.log_every=1"]
 
 
-def _train(tmp_path, name, interrupt_at=None, monkeypatch=None):
+def _train(tmp_path, name):
     cfg = load_experiment(None, TINY + [f"run.output_dir={tmp_path}", f"run.name={name}"])
     exp = build(cfg)
-    if interrupt_at is not None:
-        real_fit = phases.fit
-
-        def fit_until(*args, train_step, **kw):
-            def step(state, batch):
-                if int(state.step) == interrupt_at:
-                    raise KeyboardInterrupt
-                return train_step(state, batch)
-            return real_fit(*args, train_step=step, **kw)
-        monkeypatch.setattr(phases, "fit", fit_until)
     with RunLog(cfg.run.directory, cfg, {"run": 0}) as log:
         return phases.train_sft(exp, exp.init_params, cfg.run.directory / "sft", log)
 
 
-def test_interrupted_sft_resumes_to_the_same_parameters(tmp_path, monkeypatch):
-    straight = _train(tmp_path, "straight")
-    with pytest.raises(KeyboardInterrupt):
-        _train(tmp_path, "resumed", interrupt_at=3, monkeypatch=monkeypatch)
+def _watch_steps(monkeypatch, interrupt_at=None):
+    """The step of every update the phases run from now on (a list that grows); ``KeyboardInterrupt`` at
+    ``interrupt_at``."""
+    seen, real_fit = [], phases.fit
+
+    def fit(*args, train_step, **kw):
+        def step(state, batch):
+            seen.append(int(state.step))
+            if seen[-1] == interrupt_at:
+                raise KeyboardInterrupt
+            return train_step(state, batch)
+        return real_fit(*args, train_step=step, **kw)
+    monkeypatch.setattr(phases, "fit", fit)
+    return seen
+
+
+def _run_phase(exp, train, directory):
+    with RunLog(directory, exp.cfg, {"run": 0}) as log:
+        return train(exp, exp.init_params, directory / "phase", log)
+
+
+def _interrupt_and_resume(exp, train, tmp_path, monkeypatch, interrupt_at, checkpoint):
+    """A phase of ``exp`` interrupted at update ``interrupt_at`` and restarted resumes from its checkpoint of
+    update ``checkpoint`` and ends with the parameters of an uninterrupted run, bit for bit."""
+    every_step = _watch_steps(monkeypatch)
+    straight = _run_phase(exp, train, tmp_path / "straight")
     monkeypatch.undo()
-    resumed = _train(tmp_path, "resumed")
+    seen = _watch_steps(monkeypatch, interrupt_at)
+    with pytest.raises(KeyboardInterrupt):
+        _run_phase(exp, train, tmp_path / "resumed")
+    assert seen == every_step[:interrupt_at + 1]
+    monkeypatch.undo()
+    seen = _watch_steps(monkeypatch)
+    resumed = _run_phase(exp, train, tmp_path / "resumed")
+    assert seen == every_step[checkpoint:]
     for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    moved = any(not np.allclose(a, b) for a, b in
-                zip(jax.tree.leaves(straight), jax.tree.leaves(build(load_experiment(None, TINY)).init_params)))
-    assert moved
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(exp.init_params)))
+
+
+def test_interrupted_sft_resumes_to_the_same_parameters(tmp_path, monkeypatch):
+    exp = build(load_experiment(None, TINY))  # 4 updates, checkpoints every 2
+    _interrupt_and_resume(exp, phases.train_sft, tmp_path, monkeypatch, interrupt_at=3, checkpoint=2)
+
+
+def test_interrupted_rlft_resumes_to_the_same_parameters(tmp_path, monkeypatch):
+    # one 3-step episode per update, 2 updates per rollout of 2 episodes: the interruption falls in the 2nd rollout
+    exp = build(load_experiment(None, TINY + ["rollout.max_new_tokens=8", "rollout.envs_per_rollout=2",
+                                              "rl.batch_size=3", "rl.num_updates=4"]))
+    _interrupt_and_resume(exp, phases.train_rlft, tmp_path, monkeypatch, interrupt_at=3, checkpoint=2)
 
 
 @pytest.mark.parametrize("override, fragment", [
@@ -71,17 +104,60 @@ def test_training_with_a_history_window_fails_naming_the_key(tmp_path, train):
     assert not (tmp_path / "phase").exists()
 
 
+TICTACTOE = TINY + ["env.name=tictactoe", "env.options={opponent: random}"]
+
+
+def _one_line_naming(error, key):
+    message = str(error.value)
+    assert "\n" not in message and f"'{key}'" in message, message
+
+
+@pytest.mark.parametrize("overrides, train, key", [
+    # 2 episodes of 3 steps an update, 2 updates a rollout of 4 episodes
+    pytest.param(TINY + ["rollout.envs_per_rollout=4", "rl.batch_size=6", "rl.num_updates=3"], phases.train_rlft,
+                 "rl.num_updates", id="rl.num_updates"),
+    # 3 episodes an update, micro-batches of 2
+    pytest.param(TINY + ["rollout.envs_per_rollout=6", "rl.batch_size=10", "rl.micro_batch_size=5"],
+                 phases.train_rlft, "rl.micro_batch_size", id="rl.micro_batch_size"),
+    pytest.param(TINY + ["sft.batch_size=10", "sft.micro_batch_size=5"], phases.train_sft, "sft.micro_batch_size",
+                 id="sft.micro_batch_size"),
+    pytest.param(TINY + ["sft.expert=minimax"], phases.train_sft, "sft.expert", id="sft.expert-bandit"),
+    pytest.param(TICTACTOE + ["sft.expert=ucb"], phases.train_sft, "sft.expert", id="sft.expert-tictactoe"),
+    pytest.param(TICTACTOE + ["sft.expert=minimax", "sft.action_noise=0.25"], phases.train_sft, "sft.action_noise",
+                 id="sft.action_noise"),
+])
+def test_a_setting_the_phase_cannot_use_fails_in_one_line_naming_its_key(tmp_path, overrides, train, key):
+    exp = build(load_experiment(None, overrides))
+    with pytest.raises(ConfigError) as error:
+        train(exp, exp.init_params, tmp_path / "phase", None)
+    _one_line_naming(error, key)
+    assert not (tmp_path / "phase").exists()  # refused before anything is written
+
+
+@pytest.mark.parametrize("overrides, key", [
+    pytest.param(TICTACTOE + ["rollout.try_all=true"], "rollout.try_all", id="rollout.try_all"),
+    pytest.param(TICTACTOE + ["rollout.epsilon_greedy=true"], "rollout.epsilon_greedy", id="rollout.epsilon_greedy"),
+    # the test fixture's vocabulary has 128 tokens, the shipped tokenizer 2048
+    pytest.param(TINY + [f"model.checkpoint={FIXTURE_DIR}"], "model.tokenizer", id="model.tokenizer"),
+])
+def test_a_setting_the_experiment_cannot_use_fails_in_one_line_naming_its_key(overrides, key):
+    with pytest.raises(ConfigError) as error:
+        build(load_experiment(None, overrides))
+    _one_line_naming(error, key)
+
+
 def test_tictactoe_sft_on_minimax_reports_win_draw_loss(tmp_path):
     from jaxagent.trainers import train_from_config
+    # Two evaluation rows of 5 steps: the agent moves first, so each row finishes at least its first game.
     summary = train_from_config(None, [
-        "trainer=sft", "env.name=tictactoe", "env.options={opponent: random}", "env.pool_size=8", "env.num_steps=6",
+        "trainer=sft", "env.name=tictactoe", "env.options={opponent: random}", "env.pool_size=8", "env.num_steps=5",
         "model.preset=nano", "model.tokenizer=shipped", "rollout.max_new_tokens=32", "sft.expert=minimax",
-        "sft.batch_size=12", "sft.num_updates=2", "optim.name=adamw", "optim.warmup_steps=1", "eval.every=100",
-        "eval.num_episodes=8", f"run.output_dir={tmp_path}", "run.name=ttt"])
+        "sft.batch_size=10", "sft.num_updates=2", "optim.name=adamw", "optim.warmup_steps=1", "eval.every=100",
+        "eval.num_episodes=2", f"run.output_dir={tmp_path}", "run.name=ttt"])
     assert set(summary) == {"minimax", "sft"}
     for row in summary.values():
         assert abs(row["win"]["mean"] + row["draw"]["mean"] + row["loss"]["mean"] - 1.0) < 1e-6
-        assert row["win"]["games"] >= 1
+        assert row["win"]["games"] >= 2
     # minimax never loses to the random opponent and never plays an illegal move
     assert summary["minimax"]["loss"]["mean"] == 0.0 and summary["minimax"]["invalid"]["mean"] == 0.0
     assert (tmp_path / "ttt" / "return.png").exists()
@@ -169,8 +245,6 @@ def test_a_training_checkpoint_evaluates_and_exports_the_parameters_it_holds(tmp
     ("empty", "{}: neither a Hugging Face directory (config.json) nor a jaxagent Orbax checkpoint"),
 ])
 def test_the_command_line_names_a_bad_checkpoint_in_one_line(tmp_path, capsys, where, message):
-    from pathlib import Path
-
     from jaxagent import cli
     checkpoint = tmp_path / where
     if where == "empty":
@@ -184,8 +258,6 @@ def test_the_command_line_names_a_bad_checkpoint_in_one_line(tmp_path, capsys, w
 
 
 def test_the_quickstart_starts_from_the_shipped_nano_base_with_the_shipped_tokenizer():
-    from pathlib import Path
-
     from jaxagent.model import GemmaConfig, load_policy
     from jaxagent.text import shipped_tokenizer
     from jaxagent.trainers.setup import _tokenizer, checkpoint_path
@@ -197,13 +269,49 @@ def test_the_quickstart_starts_from_the_shipped_nano_base_with_the_shipped_token
     assert _tokenizer(load_experiment(None, ["model.checkpoint=shipped:nano-greedy-base"])) is shipped_tokenizer()
 
 
+def _per_device_rollout_against_one_device_each(exp):
+    """``rollout_per_device`` plays each device's rows as ``rollout`` alone would with that device's folded key;
+    both devices get the same two env instances, so only their keys differ. Greedy (temperature 0), as the
+    token-exact comparison is between two programs."""
+    from jaxagent.model import init_params
+
+    loop = dataclasses.replace(exp.eval_loop, max_new_tokens=8)
+    assert loop.temperature == 0.0
+    rows = exp.pool(jax.random.key(1), 2)
+    pool = jax.tree.map(lambda a: jnp.concatenate([a, a]), rows)
+    # large weights keep the greedy tokens clear of near-ties
+    params, key = init_params(exp.model_cfg, jax.random.key(0), std=0.5), jax.random.key(5)
+    got = loop.rollout_per_device(exp.mesh)(params, pool, key)
+    steps = loop.num_steps
+    assert [s.data.shape for s in got.tokens.addressable_shards] == [(2, steps, 8)] * 2
+    for i in range(2):
+        want = jax.jit(loop.rollout)(params, rows, jax.random.fold_in(key, i))
+        np.testing.assert_array_equal(got.tokens[2 * i:2 * i + 2], want.tokens)
+        np.testing.assert_array_equal(got.lengths[2 * i:2 * i + 2], want.lengths)
+        np.testing.assert_array_equal(got.actions[2 * i:2 * i + 2], want.actions)
+        np.testing.assert_allclose(got.logprobs[2 * i:2 * i + 2], want.logprobs, atol=1e-5)
+        np.testing.assert_allclose(got.env_rewards[2 * i:2 * i + 2], want.env_rewards, atol=1e-5)
+    assert int(got.prefix_length) == loop.renderer.prefix[1]
+    assert not np.array_equal(got.env_rewards[:2], got.env_rewards[2:])  # the Gaussian rewards follow the keys
+
+
 def _rlft_on_two_devices(output_dir):
-    """(Run with 2 CPU devices.) Two RLFT updates on a (2, 1, 1) mesh, whose episodes run one call per device."""
+    """(Run with 2 CPU devices.) On a (2, 1, 1) mesh: rollouts run one call per device, batches that do not split
+    over the devices are refused, and two RLFT updates train."""
     assert jax.device_count() == 2
-    cfg = load_experiment(None, TINY + ["model.mesh=[2,1,1]", "rollout.envs_per_rollout=4", "rl.batch_size=12",
-                                        "rl.num_updates=2", f"run.output_dir={output_dir}", "run.name=two"])
+    two = TINY + ["model.mesh=[2,1,1]", "rollout.envs_per_rollout=4"]
+    cfg = load_experiment(None, two + ["rl.batch_size=12", "rl.num_updates=2", f"run.output_dir={output_dir}",
+                                       "run.name=two"])
     exp = build(cfg)
     assert exp.train_loop.rollout_on(exp.mesh) != exp.train_loop.rollout
+    _per_device_rollout_against_one_device_each(exp)
+    # one 3-step episode an update
+    for overrides, train, key in ((["rl.batch_size=3"], phases.train_rlft, "rl.batch_size"),
+                                  (["sft.batch_size=3"], phases.train_sft, "sft.batch_size")):
+        odd = build(load_experiment(None, two + overrides))
+        with pytest.raises(ConfigError) as error:
+            train(odd, odd.init_params, Path(output_dir) / "odd", None)
+        _one_line_naming(error, key)
     with RunLog(cfg.run.directory, cfg, {"run": 0}) as log:
         tuned = phases.train_rlft(exp, exp.init_params, cfg.run.directory / "rlft", log)
     leaves = [np.asarray(a) for a in jax.tree.leaves(tuned)]
@@ -212,7 +320,7 @@ def _rlft_on_two_devices(output_dir):
     print("ok")
 
 
-def test_rlft_on_a_two_device_row_mesh_plays_per_device_and_updates(tmp_path):
+def test_two_device_row_mesh_plays_per_device_refuses_odd_batches_and_updates(tmp_path):
     assert run_on_cpu_devices(2, [__file__, "--two-devices", str(tmp_path)]).strip().endswith("ok")
 
 

@@ -141,6 +141,9 @@ def train_rlft(exp, params, directory: Path, log: RunLog, evaluate=None):
     _check_growing_history(loop)
     episodes = episodes_per_update(rl.batch_size, loop.num_steps, r.envs_per_rollout)
     updates_per_rollout = r.envs_per_rollout // episodes * rl.epochs
+    if rl.num_updates % updates_per_rollout:
+        raise ConfigError(f"config key 'rl.num_updates': {rl.num_updates} is not a multiple of the "
+                          f"{updates_per_rollout} updates each rollout gives")
     k = micro_batches(rl.micro_batch_size, episodes, loop.num_steps, "rl.micro_batch_size")
     _check_batch_split(episodes // k, exp.mesh, "rl.batch_size")
     key = jax.random.key(cfg.run.seed + 1)
@@ -173,9 +176,6 @@ def train_rlft(exp, params, directory: Path, log: RunLog, evaluate=None):
     step_fn = make_train_step(batches.rl_loss(exp.model_cfg, rl, loop.temperature), optimizer,
                               num_micro_batches=k, weights=batches.rl_weights(rl),
                               state_sharding=shardings_of(state), batch_sharding=exp.batch_sharding())
-    if rl.num_updates % updates_per_rollout:
-        raise ConfigError(f"config key 'rl.num_updates': {rl.num_updates} is not a multiple of the "
-                          f"{updates_per_rollout} updates each rollout gives")
     state = fit("rlft", state, total_updates=rl.num_updates, key=jax.random.fold_in(key, 2), make_data=make_data,
                 train_step=step_fn, log=log, checkpointer=checkpointer, checkpoint_every=cfg.run.checkpoint_every,
                 log_every=cfg.run.log_every, on_eval=evaluate, eval_every=cfg.eval.every)

@@ -131,7 +131,8 @@ def build(cfg: ExperimentConfig) -> Experiment:
     exploration = None
     if r.try_all or r.epsilon_greedy:
         if not hasattr(env, "num_arms"):
-            raise ConfigError("config keys 'rollout.try_all' / 'rollout.epsilon_greedy' apply to bandits only")
+            key = "rollout.try_all" if r.try_all else "rollout.epsilon_greedy"
+            raise ConfigError(f"config key '{key}': applies to bandits only, not {cfg.env.name}")
         exploration = ExplorationOverride(tokenizer, renderer.labels, env.horizon, r.try_all,
                                           r.epsilon if r.epsilon_greedy else 0.0)
     num_steps = env.horizon if cfg.env.num_steps is None else cfg.env.num_steps
