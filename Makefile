@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench base clean
+.PHONY: demo test bench base mutants clean
 
 $(BIN)/jaxagent: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ test: $(BIN)/jaxagent
 
 bench: $(BIN)/jaxagent
 	$(BIN)/jaxagent bench all --json runs/bench.json
+
+# Sampled mutation testing of rollout, batches, packing and setup against their tests (not part of `make test`:
+# each mutant reruns its tests in a scratch copy, hours in all on 2 CPU cores); see tests/mutants.py for options.
+mutants: $(BIN)/jaxagent
+	$(BIN)/python tests/mutants.py
 
 # Remakes the quickstart's shipped starting point, jaxagent/assets/nano-greedy-base (about an hour on 2 CPU
 # cores), with the quickstart's env, prompt and rationale: the nano model thought-cloned on the greedy expert,
