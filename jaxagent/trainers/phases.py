@@ -115,7 +115,7 @@ def train_sft(exp, params, directory: Path, log: RunLog, evaluate=None):
     prefix = exp.renderer.prefix[0]
 
     @jax.jit
-    def make_batch(key):
+    def make_batch(key, pool):
         k_draw, k_play, k_label = jax.random.split(key, 3)
         traj = loop.expert_rollout(expert, _draw(pool, k_draw, episodes), k_play)
         if noise is not None:
@@ -128,7 +128,7 @@ def train_sft(exp, params, directory: Path, log: RunLog, evaluate=None):
     step_fn = make_train_step(batches.sft_loss(exp.model_cfg), optimizer, num_micro_batches=k,
                               state_sharding=shardings_of(state), batch_sharding=exp.batch_sharding())
     state = fit("sft", state, total_updates=s.num_updates, key=jax.random.fold_in(key, 2),
-                make_data=lambda key, _: ([make_batch(key)], {}), train_step=step_fn, log=log,
+                make_data=lambda key, _: ([make_batch(key, pool)], {}), train_step=step_fn, log=log,
                 checkpointer=checkpointer, checkpoint_every=cfg.run.checkpoint_every, log_every=cfg.run.log_every,
                 on_eval=evaluate, eval_every=cfg.eval.every)
     checkpointer.close()
@@ -152,7 +152,7 @@ def train_rlft(exp, params, directory: Path, log: RunLog, evaluate=None):
     play = loop.rollout_on(exp.mesh)
 
     @jax.jit
-    def make_batch(key, params, ref_params):
+    def make_batch(key, params, ref_params, pool):
         k_draw, k_play = jax.random.split(key)
         traj = play(params, _draw(pool, k_draw, r.envs_per_rollout, rl.group_size), k_play)
         batch = batches.rl_batch(params, ref_params, exp.model_cfg, rl, prefix, traj, exp.tokenizer.pad_id,
@@ -166,7 +166,7 @@ def train_rlft(exp, params, directory: Path, log: RunLog, evaluate=None):
         return batch, stats
 
     def make_data(key, params):
-        batch, stats = make_batch(key, params, ref_params)
+        batch, stats = make_batch(key, params, ref_params, pool)
         minibatches = split_updates(batch, r.envs_per_rollout // episodes)
         return minibatches * rl.epochs, {k: float(v) for k, v in stats.items()}
 
