@@ -45,13 +45,11 @@ def _host_episode(exp, model_params, env_params, key, b):
         action = exp.parser.parse_reference(np.asarray(gen[0, :n]).tolist(),
                                             None if legal is None else np.asarray(legal))
         k_random, k_step, k_next = jax.random.split(jax.random.split(jax.random.split(key_t)[1], B)[b], 3)
-        if action is None:
-            mask = jnp.ones(env.num_actions, bool) if legal is None else legal
-            action = int(jax.random.categorical(k_random, jnp.where(mask, 0.0, -jnp.inf))) if legal is not None \
-                else int(jax.random.randint(k_random, (), 0, env.num_actions))
-            valid = False
-        else:
-            valid = True
+        valid = action is not None
+        if not valid and legal is None:
+            action = int(jax.random.randint(k_random, (), 0, env.num_actions))
+        elif not valid:
+            action = int(jax.random.categorical(k_random, jnp.where(legal, 0.0, -jnp.inf)))
         _, next_state, reward, terminated, truncated, _ = env.step(k_step, state, action, env_params)
         done = bool(terminated | truncated)
         steps.append(dict(prompt=prompt, tokens=np.asarray(gen[0, :n]), logp=np.asarray(logp[0, :n]), action=action,
@@ -124,7 +122,7 @@ def test_training_reward_is_the_env_reward_shaped_by_the_configured_terms(played
     invalid = 1.0 - np.asarray(traj.valid, np.float32)
     bonus = np.zeros_like(invalid)
     if setting.startswith("bandit"):
-        states = _row(traj.states)
+        states = jax.tree.map(np.asarray, traj.states)
         if setting == "bandit":
             first_pull = np.take_along_axis(states.counts, np.asarray(traj.actions)[..., None], axis=-1)[..., 0] == 0
             bonus = 2.0 * first_pull
