@@ -15,8 +15,11 @@ $(BIN)/jaxagent: pyproject.toml
 demo: $(BIN)/jaxagent
 	$(BIN)/jaxagent train configs/quickstart.yaml
 
+# Two test processes (each test file runs whole in one of them): compiling dominates the suite and XLA compiles
+# one program on one core, so two processes use both cores of a 2-core host.
+TEST_WORKERS ?= 2
 test: $(BIN)/jaxagent
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 bench: $(BIN)/jaxagent
 	$(BIN)/jaxagent bench all --json runs/bench.json

@@ -1,4 +1,4 @@
-"""jaxagent: tune LLMs (Gemma 2) into decision-making agents with RLFT and EEF, in JAX."""
+"""jaxagent: tune LLMs (Gemma 2) into decision-making agents with RL fine-tuning (RLFT), in JAX."""
 import os
 
 __version__ = "0.1.0"

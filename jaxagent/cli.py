@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU devices to split our rows over (default: one per available core; 1: one device)")
     p.set_defaults(func=_cmd_bench)
 
-    for name, text in (("train", "train an agent (SFT, RLFT, RFT, EEF)"),
+    for name, text in (("train", "train an agent (SFT, RLFT, or SFT then RLFT)"),
                        ("eval", "evaluate a checkpoint"),
                        ("export", "export a checkpoint as a Hugging Face directory")):
         p = sub.add_parser(name, help=text)
