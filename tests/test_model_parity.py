@@ -81,6 +81,33 @@ def test_live_logits_match_transformers(tmp_path, overrides):
 
 
 @needs_torch
+@pytest.mark.parametrize("layers", [1, 3])
+def test_any_number_of_layers_matches_transformers(tmp_path, layers):
+    """Odd counts leave a sliding-window layer over after the (sliding, global) pairs: logits and greedy tokens
+    (scanned layers, the prefill's last-token-only final layer; and unrolled layers) equal HF's."""
+    model = make_hf_model(seed=10 + layers, num_hidden_layers=layers, sliding_window=5)
+    model.save_pretrained(tmp_path)
+    cfg, params = load_hf(tmp_path)
+    assert cfg.num_layers == layers and cfg.to_hf_config()["layer_types"] == model.config.layer_types
+    tokens = np.random.default_rng(layers).integers(0, cfg.vocab_size, size=(2, 4 * cfg.sliding_window + 3))
+    np.testing.assert_allclose(logits_of(params, cfg, tokens), hf_logits(model, tokens), atol=1e-4, rtol=0)
+    prompt = tokens[:, :8]
+    want = hf_greedy(model, prompt, 16)
+    for unroll in (False, True):
+        _, greedy, _, _ = generate(params, cfg, jnp.asarray(prompt), jnp.full((2,), 8), jax.random.key(0),
+                                   max_len=24, max_new_tokens=16, unroll_layers=unroll)
+        np.testing.assert_array_equal(np.asarray(greedy), want)
+
+
+def test_a_layer_pattern_other_than_gemma2s_is_refused_naming_it():
+    from jaxagent.model.config import CheckpointError
+    hf = GemmaConfig.preset("test").to_hf_config()
+    hf["layer_types"] = ["full_attention"] * hf["num_hidden_layers"]
+    with pytest.raises(CheckpointError, match=r"config.json: layer_types \['full_attention'"):
+        GemmaConfig.from_hf_config(hf)
+
+
+@needs_torch
 def test_live_greedy_64_matches_transformers_generate(tmp_path):
     model = make_hf_model(seed=4, sliding_window=6)
     model.save_pretrained(tmp_path)

@@ -9,6 +9,11 @@ class CheckpointError(ValueError):
     """A checkpoint or config that cannot be loaded; the message names the file, tensor or key."""
 
 
+def layer_types_of(num_layers: int) -> list[str]:
+    """Gemma 2's attention per layer: sliding-window on even layers, global on odd ones (any count, odd included)."""
+    return [("sliding_attention", "full_attention")[i % 2] for i in range(num_layers)]
+
+
 @dataclasses.dataclass(frozen=True)
 class GemmaConfig:
     vocab_size: int
@@ -29,8 +34,8 @@ class GemmaConfig:
     bos_id: int = 2
 
     def __post_init__(self):
-        if self.num_layers % 2:
-            raise ValueError(f"GemmaConfig: num_layers must be even (local/global pairs), got {self.num_layers}")
+        if self.num_layers < 1:
+            raise ValueError(f"GemmaConfig: num_layers must be at least 1, got {self.num_layers}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"GemmaConfig: num_heads {self.num_heads} is not a multiple of "
                              f"num_kv_heads {self.num_kv_heads}")
@@ -60,9 +65,10 @@ class GemmaConfig:
                                   f"{hf.get('architectures')}); only Gemma 2 checkpoints are supported")
         layer_types = hf.get("layer_types")
         n = hf["num_hidden_layers"]
-        expected = ["sliding_attention", "full_attention"] * (n // 2)
-        if layer_types is not None and list(layer_types) != expected:
-            raise CheckpointError(f"config.json: layer_types {layer_types} are not alternating sliding/full")
+        if layer_types is not None and list(layer_types) != layer_types_of(n):
+            raise CheckpointError(f"config.json: layer_types {layer_types} are not Gemma 2's sliding/full "
+                                  f"alternation starting with sliding ({layer_types_of(n)}), the only pattern "
+                                  f"supported")
         act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
         if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
             raise CheckpointError(f"config.json: hidden_activation {act!r} is not supported (gelu_pytorch_tanh)")
@@ -91,7 +97,7 @@ class GemmaConfig:
             "num_hidden_layers": self.num_layers, "num_attention_heads": self.num_heads,
             "num_key_value_heads": self.num_kv_heads, "head_dim": self.head_dim,
             "hidden_activation": "gelu_pytorch_tanh", "sliding_window": self.sliding_window,
-            "layer_types": ["sliding_attention", "full_attention"] * (self.num_layers // 2),
+            "layer_types": layer_types_of(self.num_layers),
             "query_pre_attn_scalar": self.query_pre_attn_scalar,
             "attn_logit_softcapping": self.attn_logit_softcap,
             "final_logit_softcapping": self.final_logit_softcap,

@@ -308,15 +308,21 @@ def transformer(params, cfg: GemmaConfig, tokens, positions, blocks=(), self_mas
         pair_step = jax.checkpoint(lambda x, xs: stacked(*run_layers(x, unstack_layers(xs[0]), xs[1])),
                                    prevent_cse=False,
                                    policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
-        xs = (jax.tree.map(_pairs, params["layers"]), [(_pairs(bk), _pairs(bv)) for bk, bv, _, _ in blocks])
-        if last is None:
-            x, (new_k, new_v) = jax.lax.scan(pair_step, x, xs)
-        else:  # the final pair runs apart, its second layer for the ``last`` tokens only
-            x, (new_k, new_v) = jax.lax.scan(pair_step, x, jax.tree.map(lambda a: a[:-1], xs))
-            final_layers, final_kvs = jax.tree.map(lambda a: a[-1], xs)
-            x, final_kv = stacked(*run_layers(x, unstack_layers(final_layers), final_kvs, last))
-            new_k, new_v = (jnp.concatenate([a, b[None]]) for a, b in zip((new_k, new_v), final_kv))
-        new_k, new_v = new_k.reshape(-1, *new_k.shape[2:]), new_v.reshape(-1, *new_v.shape[2:])
+        # Layers run in (sliding, global) pairs; after them runs apart a layer left over (an odd count) or, for
+        # ``last``, the final pair, whose second layer then runs for the ``last`` tokens only.
+        L = cfg.num_layers
+        paired = L - (L % 2 or (0 if last is None else 2))
+        layers, kvs = params["layers"], [(bk, bv) for bk, bv, _, _ in blocks]
+        parts = []
+        if paired:
+            xs = jax.tree.map(lambda a: _pairs(a[:paired]), (layers, kvs))
+            x, (k, v) = jax.lax.scan(pair_step, x, xs)
+            parts.append((k.reshape(-1, *k.shape[2:]), v.reshape(-1, *v.shape[2:])))
+        if paired < L:
+            rest_layers, rest_kvs = jax.tree.map(lambda a: a[paired:], (layers, kvs))
+            x, rest = stacked(*run_layers(x, unstack_layers(rest_layers), rest_kvs, last))
+            parts.append(rest)
+        new_k, new_v = (jnp.concatenate(a) if len(a) > 1 else a[0] for a in zip(*parts))
     return rms_norm(x, params["final_norm"], cfg.rms_norm_eps), new_k, new_v
 
 
