@@ -1,6 +1,8 @@
 import os
 from pathlib import Path
 
+from jaxagent.cli import YNN_OFF
+
 # A persistent compilation cache keeps repeated test runs fast; tiny shapes keep first runs fast.
 _CACHE = Path(__file__).resolve().parent.parent / ".jax_cache"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
@@ -11,5 +13,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_disable_hlo_passes=constant_folding"
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
+# The command line's CPU setting (YNNPACK fusions off), so that tests run what the command line runs.
+if YNN_OFF.split("=")[0] not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += f" {YNN_OFF}"
 # On GPUs, XLA multiplies float32 matrices in TF32 by default; the parity tests compare float32 to float32.
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
