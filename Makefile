@@ -21,7 +21,11 @@ TEST_WORKERS ?= 2
 test: $(BIN)/jaxagent
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
+# The benchmarks' peers: gymnax, pgx and torch come with the test extras; tunix goes in without its dependencies
+# (it pins an old safetensors and heavy extras), with the modules its sampler imports.
+TUNIX := google-tunix einops jaxtyping wadler_lindig google-metrax clu wrapt perfetto
 bench: $(BIN)/jaxagent
+	$(BIN)/pip install -q --no-deps $(TUNIX)
 	$(BIN)/jaxagent bench all --json runs/bench.json
 
 # Sampled mutation testing of rollout, batches, packing and setup against their tests (not part of `make test`:

@@ -90,7 +90,7 @@ def bench_bandit(batch: int, steps: int, rounds: int) -> dict:
     try:
         import gymnax
     except ImportError as e:
-        return {**result, "peer": f"gymnax not installed ({e})"}
+        return {**result, "peer": f"gymnax not installed ({e}): make bench, or pip install gymnax"}
     genv, gparams = gymnax.make("BernoulliBandit-misc")
     _, gstate = jax.vmap(genv.reset, (0, None))(jax.random.split(jax.random.key(2), batch), gparams)
 
@@ -124,7 +124,7 @@ def bench_tictactoe(batch: int, steps: int, rounds: int) -> dict:
         import pgx
         from pgx.experimental import auto_reset as pgx_auto_reset
     except ImportError as e:
-        return {**result, "peer": f"pgx not installed ({e})"}
+        return {**result, "peer": f"pgx not installed ({e}): make bench, or pip install pgx"}
     penv = pgx.make("tic_tac_toe")
     pstep = jax.vmap(pgx_auto_reset(penv.step, penv.init))
 

@@ -148,7 +148,7 @@ def run(quick: bool = False) -> dict:
 
             hf_model = Gemma2ForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
         else:
-            print("host-loop column skipped: torch is not installed")
+            print("host-loop column skipped: torch is not installed (make bench, or pip install torch==2.13.0)")
         for batch in batches:
             timed, best = on_each_layout(lambda devices: _ours(loop, env, params, batch, repeats, devices))
             seconds, first = timed[best]

@@ -170,13 +170,13 @@ def run(quick: bool = False) -> dict:
     batches, repeats = ((8,), 3) if quick else ((8, 64), 7)
     have_tunix = importlib.util.find_spec("tunix") is not None
     if not have_tunix:
-        print("tunix column skipped: google-tunix is not installed (pip install --no-deps google-tunix einops "
-              "jaxtyping wadler_lindig google-metrax clu wrapt perfetto)")
+        print("tunix column skipped: google-tunix is not installed (make bench, or pip install --no-deps google-tunix "
+              "einops jaxtyping wadler_lindig google-metrax clu wrapt perfetto)")
     result = {}
     with tempfile.TemporaryDirectory() as path:
         have_hf = make_checkpoint(path)
         if not have_hf:
-            print("HF column skipped: torch is not installed")
+            print("HF column skipped: torch is not installed (make bench, or pip install torch==2.13.0)")
         cfg, params = load_hf(path)
         for batch in batches:
             prompts = np.random.default_rng(123 + batch).integers(3, cfg.vocab_size, size=(batch, PROMPT))
