@@ -39,8 +39,9 @@ def _train_and_evaluate(tmp_path, seed, control, monkeypatch):
     with RunLog(cfg.run.directory, cfg, {"run": seed}) as log:
         tuned = phases.train_rlft(exp, exp.init_params, cfg.run.directory / "rlft", log)
     monkeypatch.undo()
+    runs = [("after", tuned)] if control else [("before", exp.init_params), ("after", tuned)]
     out = {}
-    for name, params in (("before", exp.init_params), ("after", tuned)):
+    for name, params in runs:  # the control's "before" is the learning run's: same base, instances and keys
         traj = jax.jit(exp.eval_loop.rollout)(params, held_out, key)
         regret = metrics.cumulative_regret(traj.expected_reward, traj.best_expected_reward)[:, -1]
         out[name] = {"best_arm": float(np.mean(np.asarray(traj.actions) == 1)), "regret": float(regret.mean())}
