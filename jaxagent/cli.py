@@ -39,12 +39,12 @@ def _cmd_bench(args: argparse.Namespace) -> None:
 
 # XLA:CPU's YNNPACK fusions run the decode's small matmuls and attention reductions 1.4-2x slower than XLA's own
 # kernels. The command line turns them off unless XLA_FLAGS already chooses (the library itself sets nothing).
-YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="
+_YNN_OFF = "--xla_cpu_experimental_ynn_fusion_type="
 
 
-def _turn_ynn_fusions_off() -> None:
-    if YNN_OFF.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
-        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {YNN_OFF}".strip()
+def turn_ynn_fusions_off() -> None:
+    if _YNN_OFF.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_YNN_OFF}".strip()
 
 
 def _host_devices(count: int) -> None:
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    _turn_ynn_fusions_off()
+    turn_ynn_fusions_off()
     from envs_jax import EnvError
     from jaxagent.checkpoint import CheckpointNotFoundError
     from jaxagent.model.config import CheckpointError

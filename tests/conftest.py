@@ -1,7 +1,7 @@
 import os
 from pathlib import Path
 
-from jaxagent.cli import YNN_OFF
+from jaxagent.cli import turn_ynn_fusions_off
 
 # A persistent compilation cache keeps repeated test runs fast; tiny shapes keep first runs fast.
 _CACHE = Path(__file__).resolve().parent.parent / ".jax_cache"
@@ -14,7 +14,6 @@ _FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_disable_hlo_passes=con
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FAST_COMPILE}".strip()
 # The command line's CPU setting (YNNPACK fusions off), so that tests run what the command line runs.
-if YNN_OFF.split("=")[0] not in os.environ["XLA_FLAGS"]:
-    os.environ["XLA_FLAGS"] += f" {YNN_OFF}"
+turn_ynn_fusions_off()
 # On GPUs, XLA multiplies float32 matrices in TF32 by default; the parity tests compare float32 to float32.
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")

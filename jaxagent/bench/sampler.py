@@ -170,8 +170,7 @@ def run(quick: bool = False) -> dict:
     batches, repeats = ((8,), 3) if quick else ((8, 64), 7)
     have_tunix = importlib.util.find_spec("tunix") is not None
     if not have_tunix:
-        print("tunix column skipped: google-tunix is not installed (make bench, or pip install --no-deps google-tunix "
-              "einops jaxtyping wadler_lindig google-metrax clu wrapt perfetto)")
+        print("tunix column skipped: google-tunix is not installed (make bench installs it, without its dependencies)")
     result = {}
     with tempfile.TemporaryDirectory() as path:
         have_hf = make_checkpoint(path)

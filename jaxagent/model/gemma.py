@@ -322,7 +322,7 @@ def transformer(params, cfg: GemmaConfig, tokens, positions, blocks=(), self_mas
             rest_layers, rest_kvs = jax.tree.map(lambda a: a[paired:], (layers, kvs))
             x, rest = stacked(*run_layers(x, unstack_layers(rest_layers), rest_kvs, last))
             parts.append(rest)
-        new_k, new_v = (jnp.concatenate(a) if len(a) > 1 else a[0] for a in zip(*parts))
+        new_k, new_v = (jnp.concatenate(a) for a in zip(*parts))
     return rms_norm(x, params["final_norm"], cfg.rms_norm_eps), new_k, new_v
 
 
