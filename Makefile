@@ -16,10 +16,11 @@ demo: $(BIN)/jaxagent
 	$(BIN)/jaxagent train configs/quickstart.yaml
 
 # Two test processes (each test file runs whole in one of them): compiling dominates the suite and XLA compiles
-# one program on one core, so two processes use both cores of a 2-core host.
+# one program on one core, so two processes use both cores of a 2-core host. Files are handed out in the order
+# tests/conftest.py gives them (the longest first), so that the processes finish together.
 TEST_WORKERS ?= 2
 test: $(BIN)/jaxagent
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The benchmarks' peers: gymnax, pgx and torch come with the test extras; tunix goes in without its dependencies
 # (it pins an old safetensors and heavy extras), with the modules its sampler imports.

@@ -92,9 +92,13 @@ class RolloutConfig:
     epsilon_greedy: bool = False
     epsilon: float = 0.1
     unroll_layers: bool = False            # unrolled decode layers: faster on CPU, compile time grows with depth
+    history_segments: int | None = None    # episode parts decoded over their own cache bound; None: 8 on CPU, 1
+                                           # elsewhere; each part adds to the compile time
 
     def validate(self) -> None:
         _positive(self, "rollout", "envs_per_rollout", "max_new_tokens")
+        if self.history_segments is not None:
+            _positive(self, "rollout", "history_segments")
         _require(self.temperature >= 0, "rollout.temperature", "must be >= 0", self.temperature)
         _require(0.0 < self.top_p <= 1.0, "rollout.top_p", "must be in (0, 1]", self.top_p)
         _require(self.top_k >= 0, "rollout.top_k", "must be >= 0", self.top_k)

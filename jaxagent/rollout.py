@@ -72,7 +72,7 @@ class AgentLoop:
     exploration_bonus: float = 0.0
     exploration: Any = None  # an experts.ExplorationOverride (try-all / ε-greedy), or None
     unroll_layers: bool = False  # see jaxagent.model.sampler.sample
-    history_segments: int = 8  # see _segments
+    history_segments: int | None = None  # see _segments; None: 8 on CPU, 1 elsewhere
 
     @property
     def rewinds(self) -> bool:
@@ -124,11 +124,13 @@ class AgentLoop:
         """``(first step, end step, history_len)`` parts of the episode. With a growing history, a part's steps
         decode over only the cache slots its longest history can fill (a static bound, so each part is compiled
         once). A 50-step bandit episode then reads 7% more slots than its histories hold over eight parts, against
-        15% over four and 64% over one; each part adds to the compile time."""
+        15% over four and 64% over one; each part adds to the compile time. That pays on CPU, where decoding
+        reads the cache slot by slot; on an H200 the one-part episode measured 7-11% faster."""
         if not self.rewinds:
             return [(0, self.num_steps, None)]
         r = self.renderer
-        bounds = np.linspace(0, self.num_steps, min(self.history_segments, self.num_steps) + 1).astype(int)
+        parts = self.history_segments or (8 if jax.default_backend() == "cpu" else 1)
+        bounds = np.linspace(0, self.num_steps, min(parts, self.num_steps) + 1).astype(int)
         return [(int(a), int(b), r.prefix[1] + (int(b) - 1) * r.line_width + r.tail_width)
                 for a, b in zip(bounds[:-1], bounds[1:])]
 

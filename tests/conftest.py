@@ -17,3 +17,12 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 turn_ynn_fusions_off()
 # On GPUs, XLA multiplies float32 matrices in TF32 by default; the parity tests compare float32 to float32.
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+
+# The longest files first: `make test` hands whole files to two processes, which then finish close together.
+_LONGEST_FIRST = ("test_trainers.py", "test_rlft_learns.py", "test_model_sampler.py", "test_episode.py",
+                  "test_text_render.py", "test_objectives.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

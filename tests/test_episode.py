@@ -1,6 +1,5 @@
 """The jitted agent episode against a host loop that plays it: host prompt strings, the host tokenizer, a fresh-cache
-``generate`` per step, the regex parser and the un-jitted env, with the per-row keys the episode uses."""
-import dataclasses
+``generate`` per step, the regex parser and the env's own reset and step, with the per-row keys the episode uses."""
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +11,8 @@ from jaxagent.model.sampler import generate
 from jaxagent.trainers.setup import build
 
 BASE = ["model.checkpoint=shipped:nano-greedy-base", "model.tokenizer=shipped", "rollout.max_new_tokens=24",
-        "rollout.temperature=0", "rollout.invalid_penalty=-3.0", "env.pool_size=8"]
+        "rollout.temperature=0", "rollout.invalid_penalty=-3.0", "env.pool_size=8",
+        "rollout.history_segments=2"]  # episodes in two parts: the second decodes over a larger cache bound
 SETTINGS = {
     "bandit": ["env.options={num_arms: 5, horizon: 6, sigma: 0.1}", "rollout.exploration_bonus=true",
                "rollout.exploration_bonus_value=2.0", "rollout.unroll_layers=true"],
@@ -30,8 +30,9 @@ def _row(tree, *index):
 def _host_episode(exp, model_params, env_params, key, b):
     """Row ``b`` of ``AgentLoop.rollout(model_params, pool, key)``, played step by step on the host."""
     loop, tok, env = exp.train_loop, exp.tokenizer, exp.env
+    reset, step = jax.jit(env.reset), jax.jit(env.step)  # one program each instead of one per operation
     k_reset, k_steps = jax.random.split(key)
-    _, state = env.reset(jax.random.split(k_reset, B)[b], env_params)
+    _, state = reset(jax.random.split(k_reset, B)[b], env_params)
     steps = []
     for key_t in jax.random.split(k_steps, loop.num_steps):
         prompt = tok.encode(exp.renderer.render_text(state, env_params))
@@ -50,11 +51,11 @@ def _host_episode(exp, model_params, env_params, key, b):
             action = int(jax.random.randint(k_random, (), 0, env.num_actions))
         elif not valid:
             action = int(jax.random.categorical(k_random, jnp.where(legal, 0.0, -jnp.inf)))
-        _, next_state, reward, terminated, truncated, _ = env.step(k_step, state, action, env_params)
+        _, next_state, reward, terminated, truncated, _ = step(k_step, state, action, env_params)
         done = bool(terminated | truncated)
         steps.append(dict(prompt=prompt, tokens=np.asarray(gen[0, :n]), logp=np.asarray(logp[0, :n]), action=action,
                           valid=valid, reward=float(reward), done=done, state=state))
-        state = env.reset(k_next, env_params)[1] if done else next_state
+        state = reset(k_next, env_params)[1] if done else next_state
     return steps
 
 
@@ -72,8 +73,6 @@ def played():
     out = {}
     for name, overrides in SETTINGS.items():
         exp = build(load_experiment(None, BASE + overrides))
-        # two history segments (not the default eight) hold the compile time down; the bounds still change
-        exp.train_loop = dataclasses.replace(exp.train_loop, history_segments=2)
         pool = exp.pool(jax.random.key(1), B)
         key = jax.random.key(2)
         traj = jax.jit(exp.train_loop.rollout)(exp.init_params, pool, key)

@@ -88,13 +88,14 @@ def test_build_hands_every_prompt_and_rollout_setting_to_the_episode():
         "prompt.context_summary=true", "prompt.history_window=2", "prompt.max_prompt_tokens=900",
         "rollout.max_new_tokens=20", "rollout.temperature=0.7", "rollout.top_k=5", "rollout.top_p=0.9",
         "rollout.invalid_penalty=-2.5", "rollout.exploration_bonus=true", "rollout.exploration_bonus_value=0.5",
-        "rollout.unroll_layers=true", "env.num_steps=4", "eval.temperature=0.3"]))
+        "rollout.unroll_layers=true", "rollout.history_segments=3", "env.num_steps=4", "eval.temperature=0.3"]))
     assert exp.renderer.options == PromptOptions(labels="numeric", cot=False, summary=True, history_window=2,
                                                  legal_actions=True, max_len=900, distribution="Bernoulli")
     train, evaluate = exp.train_loop, exp.eval_loop
     assert (train.num_steps, train.max_new_tokens, train.temperature, train.top_k, train.top_p) == (4, 20, 0.7, 5, 0.9)
     # the penalty is subtracted: the episode holds its size, the config its sign
     assert (train.invalid_penalty, train.exploration_bonus, train.unroll_layers) == (2.5, 0.5, True)
+    assert train.history_segments == evaluate.history_segments == 3
     assert train.stop_tokens == exp.tokenizer.stop_ids and train.exploration is None
     assert (evaluate.temperature, evaluate.top_k, evaluate.top_p) == (0.3, 0, 1.0)
     assert evaluate.invalid_penalty == 2.5 and evaluate.num_steps == 4

@@ -1,11 +1,14 @@
-"""Multi-turn sampler: append/rewind equals re-prefilling, log-probs equal the scoring path, stops, sampling."""
+"""Multi-turn sampler: append/rewind equals re-prefilling, log-probs equal the scoring path, stops, sampling.
+Reference computations are jitted too: run op by op, each of their operations would compile on its own."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from fixtures.make_gemma2_fixture import FIXTURE_DIR
-from jaxagent.model import append, forward, gemma, generate, init_cache, load_hf, prefill, rewind, sample, score
+from jaxagent.model import forward, gemma, generate, init_cache, load_hf, prefill, rewind, sample, score
 from jaxagent.model.sampler import append_jit, sample_jit, score_jit, unrolled
 
 G = 4
@@ -16,16 +19,23 @@ def model():
     return load_hf(FIXTURE_DIR)
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _logits(params, cfg, tokens):
+    return forward(params, cfg, tokens, jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape))[0]
+
+
+_transformer = jax.jit(gemma.transformer, static_argnums=1)
+
+
 def _reference_greedy(params, cfg, contexts, steps, pad_to):
     """Greedy continuation by full causal forwards without a cache (one right-padded batch per step)."""
-    fwd = jax.jit(lambda t: forward(params, cfg, t, jnp.broadcast_to(jnp.arange(pad_to), t.shape))[0])
     seqs = [list(c) for c in contexts]
     new_tokens, new_logps = [[] for _ in seqs], [[] for _ in seqs]
     for _ in range(steps):
         batch = np.zeros((len(seqs), pad_to), np.int32)
         for b, s in enumerate(seqs):
             batch[b, :len(s)] = s
-        logits = np.asarray(fwd(jnp.asarray(batch)), np.float64)
+        logits = np.asarray(_logits(params, cfg, jnp.asarray(batch)), np.float64)
         for b, s in enumerate(seqs):
             row = logits[b, len(s) - 1]
             tok = int(row.argmax())
@@ -127,11 +137,9 @@ def _prompt_and_sample(params, cfg, prompt_lengths, temperature=0.0, prompts=Non
         prompts = _ragged(np.random.default_rng(1), np.asarray(prompt_lengths), cfg.vocab_size)
     B, P = prompts.shape
     cache = init_cache(cfg, B, P + kw.get("max_new_tokens", 12), params["embed"].dtype)
-    cache, logits = append(params, cfg, cache, jnp.asarray(prompts), jnp.asarray(prompt_lengths))
+    cache, logits = append_jit(params, cfg, cache, jnp.asarray(prompts), jnp.asarray(prompt_lengths))
     kw.setdefault("max_new_tokens", 12)
-    out = jax.jit(lambda c, l, k: sample(params, cfg, c, l, k, temperature=temperature, **kw))(
-        cache, logits, jax.random.key(3))
-    return prompts, out
+    return prompts, sample_jit(params, cfg, cache, logits, jax.random.key(3), temperature=temperature, **kw)
 
 
 def _score_continuations(params, cfg, prompts, lengths, toks, temperature):
@@ -200,9 +208,8 @@ def test_temperature_sampling_follows_softmax(model):
     cfg, params = model
     B, T = 4000, 0.8
     prompt = np.tile(np.array([[5, 9, 17]], np.int32), (B, 1))
-    cache, logits = append(params, cfg, init_cache(cfg, B, 4), jnp.asarray(prompt), jnp.full((B,), 3))
-    _, toks, _, _ = jax.jit(lambda c, l: sample(params, cfg, c, l, jax.random.key(0), max_new_tokens=1,
-                                                temperature=T))(cache, logits)
+    cache, logits = append_jit(params, cfg, init_cache(cfg, B, 4), jnp.asarray(prompt), jnp.full((B,), 3))
+    _, toks, _, _ = sample_jit(params, cfg, cache, logits, jax.random.key(0), max_new_tokens=1, temperature=T)
     p = np.asarray(jax.nn.softmax(np.asarray(logits[0], np.float64) / T))
     freq = np.bincount(np.asarray(toks[:, 0]), minlength=cfg.vocab_size) / B
     assert np.abs(freq - p).max() < 4 * np.sqrt(p.max() / B) + 1e-3
@@ -213,9 +220,9 @@ def test_top_k_top_p_draw_only_from_the_allowed_set(model, top_k, top_p):
     cfg, params = model
     B, T = 1024, 4.0
     prompt = np.tile(np.array([[5, 9, 17]], np.int32), (B, 1))
-    cache, logits = append(params, cfg, init_cache(cfg, B, 4), jnp.asarray(prompt), jnp.full((B,), 3))
-    _, toks, logps, _ = jax.jit(lambda c, l: sample(params, cfg, c, l, jax.random.key(1), max_new_tokens=1,
-                                                    temperature=T, top_k=top_k, top_p=top_p))(cache, logits)
+    cache, logits = append_jit(params, cfg, init_cache(cfg, B, 4), jnp.asarray(prompt), jnp.full((B,), 3))
+    _, toks, logps, _ = sample_jit(params, cfg, cache, logits, jax.random.key(1), max_new_tokens=1, temperature=T,
+                                   top_k=top_k, top_p=top_p)
     row = np.asarray(logits[0], np.float64) / T
     logp = row - row.max() - np.log(np.exp(row - row.max()).sum())
     order = np.argsort(-row)
@@ -234,13 +241,13 @@ def test_score_is_differentiable_and_value_head_reads_last_hidden(model):
     cfg, params = model
     params = dict(params, value_head={"w": jnp.ones((cfg.d_model,)), "b": jnp.array(0.5)})
     tokens = jnp.asarray(np.random.default_rng(2).integers(3, cfg.vocab_size, size=(2, 12)), jnp.int32)
-    grads = jax.grad(lambda p: score(p, cfg, tokens).sum())(params)
+    grads = jax.jit(jax.grad(lambda p: score(p, cfg, tokens).sum()))(params)
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
     assert np.abs(np.asarray(grads["layers"]["q"])).max() > 0
-    logp, values = score(params, cfg, tokens, with_values=True)
+    logp, values = score_jit(params, cfg, tokens, with_values=True)
     assert logp.shape == (2, 12) and values.shape == (2, 12)
     from jaxagent.model import hidden_states
-    h, _ = hidden_states(params, cfg, tokens, jnp.broadcast_to(jnp.arange(12), (2, 12)))
+    h, _ = jax.jit(hidden_states, static_argnums=1)(params, cfg, tokens, jnp.broadcast_to(jnp.arange(12), (2, 12)))
     np.testing.assert_allclose(np.asarray(values), np.asarray(h).sum(-1) + 0.5, rtol=1e-5)
 
 
@@ -252,8 +259,6 @@ def test_rewind_never_moves_forward(model):
 
 def test_self_mask_packs_independent_sequences_in_one_row(model):
     """Two sequences packed in one row with a block-diagonal causal mask give their separate hidden states."""
-    from jaxagent.model import transformer
-
     cfg, params = model
     rng = np.random.default_rng(5)
     a, b = rng.integers(3, cfg.vocab_size, size=13), rng.integers(3, cfg.vocab_size, size=11)
@@ -262,15 +267,14 @@ def test_self_mask_packs_independent_sequences_in_one_row(model):
     seg = np.array([0] * 13 + [1] * 11)
     idx = np.arange(24)
     mask = jnp.asarray(((seg[:, None] == seg[None, :]) & (idx[None, :] <= idx[:, None]))[None])
-    h, _, _ = transformer(params, cfg, packed, positions, self_mask=mask)
+    h, _, _ = _transformer(params, cfg, packed, positions, self_mask=mask)
     for seq, sl in ((a, slice(0, 13)), (b, slice(13, 24))):
-        alone, _, _ = transformer(params, cfg, jnp.asarray(seq[None], jnp.int32), jnp.arange(len(seq))[None])
+        alone, _, _ = _transformer(params, cfg, jnp.asarray(seq[None], jnp.int32), jnp.arange(len(seq))[None])
         np.testing.assert_allclose(np.asarray(h[0, sl]), np.asarray(alone[0]), atol=1e-5)
 
 
 def test_block_shared_by_several_rows_equals_each_rows_own_context(model):
     """Block row i serves query rows 3i..3i+2; each query row sees its own prefix of the block's keys."""
-    from jaxagent.model import transformer
     from jaxagent.model.gemma import as_block
 
     cfg, params = model
@@ -279,14 +283,14 @@ def test_block_shared_by_several_rows_equals_each_rows_own_context(model):
     shared = rng.integers(3, cfg.vocab_size, size=(2, P)).astype(np.int32)
     chunks = rng.integers(3, cfg.vocab_size, size=(2 * R, W)).astype(np.int32)
     seen = np.array([P, P - 4, 9, P, 1, P - 7])  # shared keys visible to each query row
-    _, k, v = transformer(params, cfg, jnp.asarray(shared), jnp.broadcast_to(jnp.arange(P), (2, P)))
+    _, k, v = _transformer(params, cfg, jnp.asarray(shared), jnp.broadcast_to(jnp.arange(P), (2, P)))
     block = as_block(k, v, jnp.broadcast_to(jnp.arange(P), (2, P)), jnp.asarray(np.arange(P)[None, :] < seen[:, None]))
     positions = jnp.broadcast_to(P + jnp.arange(W), (2 * R, W))
-    h, _, _ = transformer(params, cfg, jnp.asarray(chunks), positions, blocks=(block,))
+    h, _, _ = _transformer(params, cfg, jnp.asarray(chunks), positions, blocks=(block,))
     for row in range(2 * R):
         context = np.concatenate([shared[row // R, :seen[row]], chunks[row]])[None]
         context_positions = np.concatenate([np.arange(seen[row]), P + np.arange(W)])[None]
-        alone, _, _ = transformer(params, cfg, jnp.asarray(context), jnp.asarray(context_positions))
+        alone, _, _ = _transformer(params, cfg, jnp.asarray(context), jnp.asarray(context_positions))
         np.testing.assert_allclose(np.asarray(h[row]), np.asarray(alone[0, -W:]), atol=1e-5)
 
 
@@ -294,7 +298,6 @@ def test_block_shared_by_several_rows_equals_each_rows_own_context(model):
 def test_last_token_only_equals_that_tokens_hidden_state(model, unroll_layers):
     """``transformer(last=...)`` (each row's final layer run for one token) against every token's hidden states,
     with a block shared by several query rows and a packed self-mask; keys/values are those of every token."""
-    from jaxagent.model import transformer
     from jaxagent.model.gemma import as_block
 
     cfg, params = model
@@ -302,7 +305,7 @@ def test_last_token_only_equals_that_tokens_hidden_state(model, unroll_layers):
     rng = np.random.default_rng(11)
     P, W, R = 9, 7, 2
     shared = rng.integers(3, cfg.vocab_size, size=(2, P)).astype(np.int32)
-    _, k, v = transformer(params, cfg, jnp.asarray(shared), jnp.broadcast_to(jnp.arange(P), (2, P)))
+    _, k, v = _transformer(params, cfg, jnp.asarray(shared), jnp.broadcast_to(jnp.arange(P), (2, P)))
     block = as_block(k, v, jnp.broadcast_to(jnp.arange(P), (2, P)), jnp.asarray(np.arange(P) < [[P], [4], [P], [1]]))
     if unroll_layers:
         block = (gemma.unstack_layers(block[0]), gemma.unstack_layers(block[1]), *block[2:])
@@ -311,10 +314,9 @@ def test_last_token_only_equals_that_tokens_hidden_state(model, unroll_layers):
     seg = np.array([0] * 3 + [1] * (W - 3))
     mask = jnp.asarray(np.broadcast_to((seg[:, None] == seg[None, :]) & np.tri(W, dtype=bool), (2 * R, W, W)))
     last = jnp.array([W - 1, 0, 2, 4])
-    run = jax.jit(transformer, static_argnums=1)
     for self_mask in (None, mask):
-        h, k_all, v_all = run(params, cfg, chunks, positions, (block,), self_mask)
-        h_last, k_last, v_last = run(params, cfg, chunks, positions, (block,), self_mask, last=last)
+        h, k_all, v_all = _transformer(params, cfg, chunks, positions, (block,), self_mask)
+        h_last, k_last, v_last = _transformer(params, cfg, chunks, positions, (block,), self_mask, last=last)
         assert h_last.shape == (2 * R, 1, cfg.d_model)
         np.testing.assert_allclose(np.asarray(h_last[:, 0]), np.asarray(h)[np.arange(2 * R), np.asarray(last)],
                                    atol=1e-5)

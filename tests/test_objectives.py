@@ -43,7 +43,7 @@ def rollout():
     env = envs_jax.make_env("bandit-gaussian", num_arms=K, horizon=HORIZON)
     renderer = BanditRenderer(K, HORIZON, TOK, PromptOptions(max_len=512))
     loop = AgentLoop(env, renderer, ActionParser(TOK, renderer.labels), CFG, num_steps=HORIZON, max_new_tokens=G,
-                     stop_tokens=TOK.stop_ids, temperature=TEMPERATURE)
+                     stop_tokens=TOK.stop_ids, temperature=TEMPERATURE, history_segments=1)
     instances = jax.vmap(env.sample_params)(jax.random.split(jax.random.key(1), N // 2))
     pool = jax.tree.map(lambda x: jnp.repeat(x, 2, axis=0), instances)
     params = init_params(CFG, jax.random.key(0), std=0.5, value_head=True)
@@ -191,3 +191,26 @@ def test_sft_loss_is_the_nll_of_the_experts_own_turns(rollout):
     logp = jnp.take_along_axis(score(params, CFG, tokens), jnp.asarray(positions), axis=1)
     mask = mask * (1 - forced[:, None])
     np.testing.assert_allclose(got, -np.sum(np.asarray(logp) * mask) / mask.sum(), rtol=1e-5)
+
+
+def test_forced_turns_are_rescored_under_the_rollouts_parameters(rollout):
+    """Turns an exploration override wrote (ε-greedy) were not sampled from the model: ``rl_batch`` gives them the
+    model's log-probs of that text under the rollout's parameters (so their first ratio is 1 as well); the model's
+    own turns keep the sampler's log-probs."""
+    loop, params, ref_params, _ = rollout
+    forcing = ExplorationOverride(TOK, loop.renderer.labels, HORIZON, try_all=False, epsilon=0.5)
+    loop = dataclasses.replace(loop, max_new_tokens=max(G, forcing.width), exploration=forcing)
+    pool = jax.vmap(loop.env.sample_params)(jax.random.split(jax.random.key(3), N))
+    traj = jax.jit(loop.rollout)(params, pool, jax.random.key(6))
+    forced = np.asarray(traj.forced).reshape(-1)
+    assert 0 < forced.mean() < 1
+    batch = jax.jit(lambda p, t: rl_batch(p, ref_params, CFG, RLConfig(), loop.renderer.prefix[0], t, TOK.pad_id,
+                                          TEMPERATURE, forced_turns=True))(params, traj)
+    width = traj.tokens.shape[-1]
+    old, sampled = (np.asarray(x).reshape(-1, width) for x in (batch["old_logp"], traj.logprobs))
+    tokens, positions, _, mask = _contexts(loop, traj)
+    scored = np.asarray(jnp.take_along_axis(score(params, CFG, tokens, temperature=TEMPERATURE),
+                                            jnp.asarray(positions), axis=1)) * mask
+    np.testing.assert_allclose(old[forced] * mask[forced], scored[forced], atol=2e-5)
+    np.testing.assert_array_equal(old[~forced], sampled[~forced])
+    assert np.abs(sampled[forced] * mask[forced] - scored[forced]).max() > 1e-2  # re-scoring changed them

@@ -33,7 +33,7 @@ def fixed_batch():
     env = envs_jax.make_env("bandit-gaussian", num_arms=K, horizon=HORIZON)
     renderer = BanditRenderer(K, HORIZON, tok, PromptOptions(max_len=512))
     loop = AgentLoop(env, renderer, ActionParser(tok, renderer.labels), CFG, num_steps=HORIZON, max_new_tokens=G,
-                     stop_tokens=tok.stop_ids, temperature=TEMPERATURE)
+                     stop_tokens=tok.stop_ids, temperature=TEMPERATURE, history_segments=1)
     pool = jax.vmap(env.sample_params)(jax.random.split(jax.random.key(1), EPISODES))
     params = init_params(CFG, jax.random.key(0), std=0.5)
     ref_params = init_params(CFG, jax.random.key(7), std=0.5)  # a reference policy that differs: the KL is not 0

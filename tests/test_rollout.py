@@ -26,7 +26,8 @@ def make_loop(**kw):
     env = envs_jax.make_env("bandit-gaussian", num_arms=K, horizon=HORIZON)
     renderer = BanditRenderer(K, HORIZON, TOK, PromptOptions(max_len=512))
     parser = ActionParser(TOK, renderer.labels)
-    loop = AgentLoop(env, renderer, parser, CFG, num_steps=HORIZON, max_new_tokens=G, stop_tokens=TOK.stop_ids, **kw)
+    loop = AgentLoop(env, renderer, parser, CFG, num_steps=HORIZON, max_new_tokens=G, stop_tokens=TOK.stop_ids,
+                     **{"history_segments": 1, **kw})
     pool = jax.vmap(env.sample_params)(jax.random.split(jax.random.key(1), B))
     return loop, pool
 

@@ -1,6 +1,7 @@
 """End-to-end trainer behaviour on a tiny set-up: exact resume after an interruption, clear errors, two devices."""
 import dataclasses
 import sys
+import zlib
 from pathlib import Path
 
 import jax
@@ -21,7 +22,7 @@ from jaxagent.trainers.setup import build
 TINY = ["model.preset=nano", "model.tokenizer=shipped", "env.options={num_arms: 3, horizon: 3}", "env.pool_size=8",
         "rollout.max_new_tokens=24", "sft.expert=ucb", "sft.rationale_stats=false", "sft.batch_size=6",
         "sft.num_updates=4", "optim.name=adamw", "optim.learning_rate=0.01", "optim.warmup_steps=1",
-        "run.checkpoint_every=2", "run.log_every=1"]
+        "run.checkpoint_every=2", "run.log_every=1", "rollout.history_segments=1"]
 
 
 def _train(tmp_path, name):
@@ -31,15 +32,19 @@ def _train(tmp_path, name):
         return phases.train_sft(exp, exp.init_params, cfg.run.directory / "sft", log)
 
 
+def _fingerprint(batch) -> int:
+    return zlib.crc32(b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(batch)))
+
+
 def _watch_steps(monkeypatch, interrupt_at=None):
-    """The step of every update the phases run from now on (a list that grows); ``KeyboardInterrupt`` at
-    ``interrupt_at``."""
+    """(step, batch fingerprint) of every update the phases run from now on (a list that grows);
+    ``KeyboardInterrupt`` at update ``interrupt_at``."""
     seen, real_fit = [], phases.fit
 
     def fit(*args, train_step, **kw):
         def step(state, batch):
-            seen.append(int(state.step))
-            if seen[-1] == interrupt_at:
+            seen.append((int(state.step), _fingerprint(batch)))
+            if seen[-1][0] == interrupt_at:
                 raise KeyboardInterrupt
             return train_step(state, batch)
         return real_fit(*args, train_step=step, **kw)
@@ -54,7 +59,8 @@ def _run_phase(exp, train, directory):
 
 def _interrupt_and_resume(exp, train, tmp_path, monkeypatch, interrupt_at, checkpoint):
     """A phase of ``exp`` interrupted at update ``interrupt_at`` and restarted resumes from its checkpoint of
-    update ``checkpoint`` and ends with the parameters of an uninterrupted run, bit for bit."""
+    update ``checkpoint`` (same updates on the same batches) and ends with the parameters of an uninterrupted run,
+    bit for bit. Returns the uninterrupted run's (step, batch fingerprint) list."""
     every_step = _watch_steps(monkeypatch)
     straight = _run_phase(exp, train, tmp_path / "straight")
     monkeypatch.undo()
@@ -69,6 +75,7 @@ def _interrupt_and_resume(exp, train, tmp_path, monkeypatch, interrupt_at, check
     for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(exp.init_params)))
+    return every_step
 
 
 def test_interrupted_sft_resumes_to_the_same_parameters(tmp_path, monkeypatch):
@@ -77,10 +84,14 @@ def test_interrupted_sft_resumes_to_the_same_parameters(tmp_path, monkeypatch):
 
 
 def test_interrupted_rlft_resumes_to_the_same_parameters(tmp_path, monkeypatch):
-    # one 3-step episode per update, 2 updates per rollout of 2 episodes: the interruption falls in the 2nd rollout
+    # one 3-step episode an update, rollouts of 2 episodes, 2 epochs: 4 updates a rollout, its 2 batches twice in
+    # order; the interruption falls in the 2nd rollout, whose start is the last checkpoint
     exp = build(load_experiment(None, TINY + ["rollout.max_new_tokens=8", "rollout.envs_per_rollout=2",
-                                              "rl.batch_size=3", "rl.num_updates=4"]))
-    _interrupt_and_resume(exp, phases.train_rlft, tmp_path, monkeypatch, interrupt_at=3, checkpoint=2)
+                                              "rl.batch_size=3", "rl.epochs=2", "rl.num_updates=8"]))
+    every_step = _interrupt_and_resume(exp, phases.train_rlft, tmp_path, monkeypatch, interrupt_at=5, checkpoint=4)
+    batches = [fingerprint for _, fingerprint in every_step]
+    assert batches[:4] == batches[:2] * 2 and batches[4:] == batches[4:6] * 2
+    assert len(set(batches)) == 4  # two rollouts, two distinct batches each
 
 
 @pytest.mark.parametrize("override, fragment", [
@@ -153,7 +164,7 @@ def test_tictactoe_sft_on_minimax_reports_win_draw_loss(tmp_path):
         "trainer=sft", "env.name=tictactoe", "env.options={opponent: random}", "env.pool_size=8", "env.num_steps=5",
         "model.preset=nano", "model.tokenizer=shipped", "rollout.max_new_tokens=32", "sft.expert=minimax",
         "sft.batch_size=10", "sft.num_updates=2", "optim.name=adamw", "optim.warmup_steps=1", "eval.every=100",
-        "eval.num_episodes=2", f"run.output_dir={tmp_path}", "run.name=ttt"])
+        "eval.num_episodes=2", "rollout.history_segments=1", f"run.output_dir={tmp_path}", "run.name=ttt"])
     assert set(summary) == {"minimax", "sft"}
     for row in summary.values():
         assert abs(row["win"]["mean"] + row["draw"]["mean"] + row["loss"]["mean"] - 1.0) < 1e-6

@@ -140,7 +140,8 @@ def build(cfg: ExperimentConfig) -> Experiment:
                            stop_tokens=tokenizer.stop_ids, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
                            invalid_penalty=-r.invalid_penalty,
                            exploration_bonus=r.exploration_bonus_value if r.exploration_bonus else 0.0,
-                           exploration=exploration, unroll_layers=r.unroll_layers)
+                           exploration=exploration, unroll_layers=r.unroll_layers,
+                           history_segments=r.history_segments)
     # Evaluation plays the policy alone: no try-all / ε-greedy turns (training-time exploration mechanisms).
     eval_loop = dataclasses.replace(train_loop, temperature=cfg.eval.temperature, top_k=0, top_p=1.0,
                                     exploration=None)
