@@ -14,7 +14,7 @@ import pytest
 import envs_jax
 from jaxagent.experiment import RLConfig
 from jaxagent.model import GemmaConfig, init_params
-from jaxagent.model.sampler import score
+from jaxagent.model.sampler import score, score_jit
 from jaxagent.rollout import AgentLoop
 from jaxagent.text.bandit_prompt import BanditRenderer
 from jaxagent.text.parse import ActionParser
@@ -110,10 +110,10 @@ def _advantages(rl, traj, values):
 def _hand_objective(rl, loop, params, ref_params, traj):
     tokens, positions, prompt_len, mask = _contexts(loop, traj)
     pick = lambda logp: jnp.take_along_axis(logp, jnp.asarray(positions), axis=1)
-    ref_logp = pick(score(ref_params, CFG, tokens, temperature=TEMPERATURE))
+    ref_logp = pick(score_jit(ref_params, CFG, tokens, temperature=TEMPERATURE))
     old_logp = jnp.asarray(traj.logprobs).reshape(-1, G)
     last_prompt = jnp.asarray(prompt_len - 1)[:, None]
-    _, values0 = score(params, CFG, tokens, temperature=TEMPERATURE, with_values=True)
+    _, values0 = score_jit(params, CFG, tokens, temperature=TEMPERATURE, with_values=True)
     old_values = np.asarray(jnp.take_along_axis(values0, last_prompt, axis=1)[:, 0], np.float64)
     adv, returns = _advantages(rl, traj, old_values.reshape(N, HORIZON))
     adv, returns, mask = (jnp.asarray(x, jnp.float32) for x in (adv, returns, mask))
@@ -134,7 +134,7 @@ def _hand_objective(rl, loop, params, ref_params, traj):
             err = jnp.maximum(jnp.square(v - returns), jnp.square(moved - returns))
             total += rl.value_coef * 0.5 * jnp.mean(err)
         return total
-    return objective, old_logp, pick(score(params, CFG, tokens, temperature=TEMPERATURE)), mask
+    return objective, old_logp, pick(score_jit(params, CFG, tokens, temperature=TEMPERATURE)), mask
 
 
 def _assert_tree_close(got, want, rtol):
@@ -188,7 +188,7 @@ def test_sft_loss_is_the_nll_of_the_experts_own_turns(rollout):
     batch = sft_batch(loop.renderer.prefix[0], traj, TOK.pad_id)
     got = jax.jit(lambda p: accumulate_gradients(sft_loss(CFG), p, batch))(params)[1]
     tokens, positions, _, mask = _contexts(loop, traj)
-    logp = jnp.take_along_axis(score(params, CFG, tokens), jnp.asarray(positions), axis=1)
+    logp = jnp.take_along_axis(score_jit(params, CFG, tokens), jnp.asarray(positions), axis=1)
     mask = mask * (1 - forced[:, None])
     np.testing.assert_allclose(got, -np.sum(np.asarray(logp) * mask) / mask.sum(), rtol=1e-5)
 
@@ -209,7 +209,7 @@ def test_forced_turns_are_rescored_under_the_rollouts_parameters(rollout):
     width = traj.tokens.shape[-1]
     old, sampled = (np.asarray(x).reshape(-1, width) for x in (batch["old_logp"], traj.logprobs))
     tokens, positions, _, mask = _contexts(loop, traj)
-    scored = np.asarray(jnp.take_along_axis(score(params, CFG, tokens, temperature=TEMPERATURE),
+    scored = np.asarray(jnp.take_along_axis(score_jit(params, CFG, tokens, temperature=TEMPERATURE),
                                             jnp.asarray(positions), axis=1)) * mask
     np.testing.assert_allclose(old[forced] * mask[forced], scored[forced], atol=2e-5)
     np.testing.assert_array_equal(old[~forced], sampled[~forced])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from jaxagent.model import GemmaConfig, init_params
-from jaxagent.model.sampler import score
+from jaxagent.model.sampler import score_jit
 from jaxagent.packing import pack, score_packed
 from jaxagent.rollout import Trajectory
 
@@ -39,6 +39,7 @@ def test_packed_scores_equal_per_context_scores(seed):
     packed = pack(jnp.asarray(prefix), jax.tree.map(jnp.asarray, traj), pad_id=0)
     got = np.asarray(jax.jit(score_packed, static_argnames="cfg")(params, CFG, packed))
     B, T, G = traj.tokens.shape
+    width = len(prefix) + T * traj.line_tokens.shape[-1] + traj.tail_tokens.shape[-1] + G  # the longest context
     for b in range(B):
         history = []
         for t in range(T):
@@ -47,6 +48,8 @@ def test_packed_scores_equal_per_context_scores(seed):
             history += list(traj.line_tokens[b, t, : traj.line_lengths[b, t]])
             context = list(prefix) + history + list(traj.tail_tokens[b, t, : traj.tail_lengths[b, t]])
             gen = list(traj.tokens[b, t, : traj.lengths[b, t]])
-            full = jnp.asarray([context + gen], jnp.int32)
-            expected = np.asarray(score(params, CFG, full))[0, len(context):]
+            # right-padded to one width, so one program scores every context (causal: padding is never seen)
+            full = np.zeros((1, width), np.int32)
+            full[0, :len(context) + len(gen)] = context + gen
+            expected = np.asarray(score_jit(params, CFG, jnp.asarray(full)))[0, len(context):len(context) + len(gen)]
             np.testing.assert_allclose(got[b, t, : len(gen)], expected, atol=2e-5, rtol=1e-5)
