@@ -5,7 +5,8 @@ classic baseline policies and vectorised sweeps — usable on their own, gymnax-
     obs, state = env.reset(key, params)
     obs, state, reward, terminated, truncated, info = env.step(key, state, action, params)
 
-Imports only jax, flax.struct and numpy (the sweep module adds PyYAML and, lazily, matplotlib).
+Imports only jax, flax.struct and numpy (the sweep module and its typed YAML configs add PyYAML and,
+lazily, matplotlib); no module imports ``jaxagent``.
 """
 from envs_jax.core import EnvError, Environment
 from envs_jax.registry import make, make_env, register, registered_envs

@@ -7,8 +7,6 @@ policies see the same instances and env keys (common random numbers). Writes ``r
 ``results.json`` (with mean curves), ``regret.png`` / ``coverage.png`` (bandits) and ``outcomes.png``
 (tic-tac-toe) to ``out_dir/name``, and prints a table. Means come with 95% CI half-widths
 (1.96 * sd / sqrt(n) over the seeds x instances episodes).
-
-This is the only ``envs_jax`` module that imports ``jaxagent`` (its typed config loader), lazily.
 """
 from __future__ import annotations
 
@@ -27,6 +25,7 @@ import numpy as np
 from envs_jax import baselines
 from envs_jax.core import EnvError
 from envs_jax.registry import make_env
+from envs_jax.yaml_config import ConfigError, load
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +61,6 @@ class SweepConfig:
     plots: bool = True
 
     def validate(self) -> None:
-        from jaxagent.config import ConfigError
         if not self.envs:
             raise ConfigError("config key 'envs': at least one environment is needed")
         if self.seeds < 1:
@@ -148,7 +146,6 @@ def _metrics(env, state, steps) -> dict[str, jax.Array]:
 
 # ------------------------------------------------------------------------------------------------ run
 def expand(cfg: SweepConfig) -> list[Cell]:
-    from jaxagent.config import ConfigError
     cells = []
     for i, spec in enumerate(cfg.envs):
         keys = list(spec.grid)
@@ -336,7 +333,6 @@ def _plots(out_dir: Path, curves: list[dict], rows: list[dict]) -> list[str]:
 
 
 def load_config(config_path: str | Path | None, overrides=()) -> SweepConfig:
-    from jaxagent.config import load
     return load(SweepConfig, config_path, list(overrides))
 
 

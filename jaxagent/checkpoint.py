@@ -110,7 +110,8 @@ class Checkpointer:
             rng=ocp.args.StandardRestore({"key_data": key_like})))
         key_data = out["rng"]["key_data"]
         rng = jax.random.wrap_key_data(key_data, impl=meta["rng_impl"]) if meta["rng_impl"] else key_data
-        state = TrainState(jnp.asarray(meta["step"], jnp.int32), out["params"], out["opt_state"])
+        step_count = jax.device_put(jnp.int32(meta["step"]), like.step.sharding)  # the same layout as ``like``
+        state = TrainState(step_count, out["params"], out["opt_state"])
         return Restored(state, rng, meta["data_position"], step)
 
     def restore_params(self, like_params: Any, step: int | None = None) -> Any:

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from jaxagent.config import ConfigError
+from envs_jax.yaml_config import ConfigError
 
 BENCHMARKS = ("envs", "text", "sampler", "rollout", "scale")
 

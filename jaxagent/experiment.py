@@ -1,4 +1,4 @@
-"""The experiment config: typed sections with the RLFT paper's defaults, loaded by ``jaxagent.config``.
+"""The experiment config: typed sections with the RLFT paper's defaults, loaded by ``envs_jax.yaml_config``.
 
 ``load_experiment(path, overrides)`` reads a YAML file plus ``key=value`` overrides; an unknown key
 or a bad value is one ``ConfigError`` naming the dotted key. Defaults follow Schmied et al. 2025:
@@ -12,8 +12,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
-from jaxagent import config as configlib
-from jaxagent.config import ConfigError
+from envs_jax import yaml_config as configlib
+from envs_jax.yaml_config import ConfigError
 
 _field = dataclasses.field
 

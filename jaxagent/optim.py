@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import optax
 
-from jaxagent.config import ConfigError
+from envs_jax.yaml_config import ConfigError
 from jaxagent.experiment import OptimConfig
 
 

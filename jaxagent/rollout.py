@@ -8,7 +8,7 @@ Per step and per row (all rows at once, no host round-trip)::
     action, valid = parse(z)                       # last ACTION=<label>; illegal moves are invalid too
     action = valid ? action : random legal action  # what the env executes and the next prompt shows
     state, r = env.step(state, action)
-    r_train = r + exploration bonus - invalid_penalty * (1 - valid)   # shaping reaches the loss only
+    r_train = r + exploration bonus + invalid_penalty * (1 - valid)   # shaping reaches the loss only
 
 When an episode ends (tic-tac-toe) the row's env auto-resets and its cache rewinds to the end of the prefix,
 so every row keeps playing for ``num_steps`` steps. With a history window shorter than the horizon the oldest
@@ -68,7 +68,7 @@ class AgentLoop:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
-    invalid_penalty: float = 5.0
+    invalid_penalty: float = -5.0  # added to the training reward of a turn with no valid action
     exploration_bonus: float = 0.0
     exploration: Any = None  # an experts.ExplorationOverride (try-all / ε-greedy), or None
     unroll_layers: bool = False  # see jaxagent.model.sampler.sample
@@ -107,7 +107,7 @@ class AgentLoop:
         bonus = 0.0
         if self.exploration_bonus and hasattr(state, "counts"):
             bonus = self.exploration_bonus * (state.counts[executed] == 0)
-        train_reward = reward + bonus - self.invalid_penalty * (1.0 - valid)
+        train_reward = reward + bonus + self.invalid_penalty * (1.0 - valid)
         expected = info.get("expected_reward", jnp.float32(0))
         best = info.get("best_expected_reward", jnp.float32(0))
         return next_state, (executed, valid, reward, train_reward, done, expected, best)

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from jaxagent.config import to_dict
+from envs_jax.yaml_config import to_dict
 
 PACKAGES = ("jaxagent", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "numpy", "tensorboardX")
 

@@ -139,7 +139,7 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         updated = TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state)
         finite = jnp.isfinite(objective) & jnp.isfinite(grad_norm)
-        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
+        new_state = jax.tree.map(lambda new, old: jax.lax.select(finite, new, old), updated, state)
         return new_state, {**loss_metrics(objective, terms), "grad_norm": grad_norm, "finite": finite}
 
     kwargs: dict[str, Any] = {"donate_argnums": (0,) if donate else ()}

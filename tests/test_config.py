@@ -3,8 +3,8 @@ from typing import Literal, Optional
 
 import pytest
 
-from jaxagent import config as cfglib
-from jaxagent.config import ConfigError
+from envs_jax import yaml_config as cfglib
+from envs_jax.yaml_config import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -62,7 +62,7 @@ def test_import_envs_jax_pulls_in_neither_jaxagent_nor_matplotlib():
 
 
 def test_sweep_config_errors_are_config_errors(tmp_path):
-    from jaxagent.config import ConfigError
+    from envs_jax.yaml_config import ConfigError
     from envs_jax import sweep
     cfg = tmp_path / "s.yaml"
     cfg.write_text("name: x\nenvs:\n  - name: bandit-gaussian\n    grid: {sigma: [-1.0]}\npolicies:\n  - {name: ucb}\n")

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from jaxagent.config import ConfigError, to_dict
+from envs_jax.yaml_config import ConfigError, to_dict
 from jaxagent.experiment import ExperimentConfig, load_experiment
 
 
@@ -93,9 +93,8 @@ def test_build_hands_every_prompt_and_rollout_setting_to_the_episode():
                                                  legal_actions=True, max_len=900, distribution="Bernoulli")
     train, evaluate = exp.train_loop, exp.eval_loop
     assert (train.num_steps, train.max_new_tokens, train.temperature, train.top_k, train.top_p) == (4, 20, 0.7, 5, 0.9)
-    # the penalty is subtracted: the episode holds its size, the config its sign
-    assert (train.invalid_penalty, train.exploration_bonus, train.unroll_layers) == (2.5, 0.5, True)
+    assert (train.invalid_penalty, train.exploration_bonus, train.unroll_layers) == (-2.5, 0.5, True)
     assert train.history_segments == evaluate.history_segments == 3
     assert train.stop_tokens == exp.tokenizer.stop_ids and train.exploration is None
     assert (evaluate.temperature, evaluate.top_k, evaluate.top_p) == (0.3, 0, 1.0)
-    assert evaluate.invalid_penalty == 2.5 and evaluate.num_steps == 4
+    assert evaluate.invalid_penalty == -2.5 and evaluate.num_steps == 4

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from jaxagent.checkpoint import Checkpointer, CheckpointNotFoundError
-from jaxagent.config import ConfigError
+from envs_jax.yaml_config import ConfigError
 from jaxagent.experiment import ExperimentConfig, OptimConfig
 from jaxagent.losses import LossOutput
 from jaxagent.optim import make_optimizer, make_schedule

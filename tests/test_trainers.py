@@ -12,7 +12,7 @@ import pytest
 from cpu_devices import run_on_cpu_devices
 from fixtures.make_gemma2_fixture import FIXTURE_DIR
 
-from jaxagent.config import ConfigError
+from envs_jax.yaml_config import ConfigError
 from jaxagent.experiment import load_experiment
 from jaxagent.model.config import CheckpointError
 from jaxagent.runlog import RunLog

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import tokenizers
 
-from jaxagent.config import ConfigError
+from envs_jax.yaml_config import ConfigError
 
 BOS, EOS, PAD, UNK = "<bos>", "<eos>", "<pad>", "<unk>"
 START_OF_TURN, END_OF_TURN = "<start_of_turn>", "<end_of_turn>"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 
 from jaxagent.checkpoint import Checkpointer, is_step_directory
-from jaxagent.config import ConfigError
+from envs_jax.yaml_config import ConfigError
 from jaxagent.experiment import load_experiment
 from jaxagent.experts import Expert, MinimaxExpert
 from jaxagent.model import load_policy

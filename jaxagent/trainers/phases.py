@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxagent.checkpoint import Checkpointer
-from jaxagent.config import ConfigError
+from envs_jax.yaml_config import ConfigError
 from jaxagent.experts import Expert, ExplorationOverride, MinimaxExpert
 from jaxagent.model.sharding import row_shards
 from jaxagent.optim import make_optimizer

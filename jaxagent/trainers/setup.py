@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 import envs_jax
-from jaxagent.config import ConfigError
+from envs_jax.yaml_config import ConfigError
 from jaxagent.experiment import ExperimentConfig
 from jaxagent.experts import ExplorationOverride
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -138,7 +138,7 @@ def build(cfg: ExperimentConfig) -> Experiment:
     num_steps = env.horizon if cfg.env.num_steps is None else cfg.env.num_steps
     train_loop = AgentLoop(env, renderer, parser, model_cfg, num_steps=num_steps, max_new_tokens=r.max_new_tokens,
                            stop_tokens=tokenizer.stop_ids, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
-                           invalid_penalty=-r.invalid_penalty,
+                           invalid_penalty=r.invalid_penalty,
                            exploration_bonus=r.exploration_bonus_value if r.exploration_bonus else 0.0,
                            exploration=exploration, unroll_layers=r.unroll_layers,
                            history_segments=r.history_segments)
