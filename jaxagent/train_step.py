@@ -139,6 +139,8 @@ def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         updated = TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state)
         finite = jnp.isfinite(objective) & jnp.isfinite(grad_norm)
+        # lax.select, not jnp.where: jnp.where's jitted helper is numbered by the process's earlier traces, so the
+        # step's program (and its persistent-cache key) would differ from one run of a phase to the next
         new_state = jax.tree.map(lambda new, old: jax.lax.select(finite, new, old), updated, state)
         return new_state, {**loss_metrics(objective, terms), "grad_norm": grad_norm, "finite": finite}
 
