@@ -57,7 +57,9 @@ def record(state: BanditState, action: jax.Array, reward: jax.Array, live: jax.A
 
 
 class _Bandit(Environment):
+    kind = "bandit"
     reset_uses_key = False
+    reward_distribution: str  # named in prompts
 
     def __init__(self, num_arms: int, horizon: int):
         self.num_arms = check_int("num_arms", num_arms, 2)
@@ -101,6 +103,7 @@ class GaussianBandit(_Bandit):
     """Rewards ~ N(mean_a, sigma). Means ~ N(0, mean_std) (BanditBench; default mean_std = sigma) or U(0, 1)."""
 
     name = "bandit-gaussian"
+    reward_distribution = "Gaussian"
     version = "v0"
 
     def __init__(self, num_arms: int = 5, sigma: float = 1.0, mean_sampler: str = "normal",
@@ -130,6 +133,7 @@ class BernoulliBandit(_Bandit):
     """Rewards ~ Bernoulli(p_a): one best arm (random index) at 0.5 + gap/2, every other at 0.5 - gap/2."""
 
     name = "bandit-bernoulli"
+    reward_distribution = "Bernoulli"
     version = "v0"
 
     def __init__(self, num_arms: int = 5, gap: float = 0.2, horizon: int = 50):

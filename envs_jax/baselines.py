@@ -36,11 +36,11 @@ def _untried_first(state, scores: jax.Array) -> jax.Array:
 
 
 def _is_game(env: Environment) -> bool:
-    return getattr(env, "name", "") == "tictactoe"
+    return env.kind == "game"
 
 
 def _is_bandit(env: Environment) -> bool:
-    return getattr(env, "num_arms", None) is not None
+    return env.kind in ("bandit", "contextual_bandit")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,7 +215,7 @@ def _thompson_beta(env, alpha_prior: float = 1.0, beta_prior: float = 1.0):
 
 
 def _linucb(env, alpha: float = 0.5):
-    if getattr(env, "name", "") != "contextual-movielens":
+    if env.kind != "contextual_bandit":
         raise EnvError(f"baseline 'linucb' needs the contextual bandit, not {env.name!r}")
     return LinUCB(env.num_arms, check_float("alpha", alpha, 0.0))
 

@@ -44,6 +44,7 @@ def _fields(state: BanditState) -> dict:
 
 class ContextualMovieLens(Environment):
     name = "contextual-movielens"
+    kind = "contextual_bandit"
     version = "v0"
 
     def __init__(self, num_arms: int = 5, horizon: int = 50, num_users: int = 100, data_dir: str | None = None,

@@ -21,10 +21,17 @@ class EnvError(ValueError):
     """A bad environment name, option value or data file; the message names it."""
 
 
+#: What an env is, for code that treats kinds differently (prompts, experts, metrics): a bandit (per-arm counts
+#: and rewards), a contextual bandit (a bandit whose best arm depends on a context) or a two-player game.
+KINDS = ("bandit", "contextual_bandit", "game")
+
+
 class Environment:
-    """Base class. Subclasses set ``name``, ``version``, ``num_actions``, ``horizon`` and implement the methods."""
+    """Base class. Subclasses set ``name``, ``kind``, ``version``, ``num_actions``, ``horizon`` and implement the
+    methods."""
 
     name: str = ""
+    kind: str = ""  # one of KINDS
     version: str = "v0"
     num_actions: int
     horizon: int

@@ -137,7 +137,7 @@ def _metrics(env, state, steps) -> dict[str, jax.Array]:
         tried = jax.nn.one_hot(steps["action"], env.num_actions, dtype=jnp.float32)
         coverage = jnp.mean(jax.lax.cummax(tried, axis=1), axis=-1)
         out.update(regret=regret[:, -1], coverage=coverage[:, -1], regret_curve=regret, coverage_curve=coverage)
-    if hasattr(state, "winner"):
+    if env.kind == "game":
         out.update(win=(state.winner == 1).astype(jnp.float32), loss=(state.winner == 2).astype(jnp.float32),
                    draw=(state.terminated & (state.winner == 0)).astype(jnp.float32),
                    moves=state.t.astype(jnp.float32))

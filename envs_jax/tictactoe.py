@@ -44,6 +44,7 @@ class TicTacToeState:
 
 class TicTacToe(Environment):
     name = "tictactoe"
+    kind = "game"
     version = "v0"
     num_actions = 9
     horizon = HORIZON

@@ -63,6 +63,7 @@ class AutoReset(Environment):
         return getattr(self.env, name)
 
     name = property(lambda self: self.env.name)
+    kind = property(lambda self: self.env.kind)
     version = property(lambda self: self.env.version)
     num_actions = property(lambda self: self.env.num_actions)
     horizon = property(lambda self: self.env.horizon)

@@ -1,4 +1,4 @@
-"""Advantage estimators, registered by name. Arrays are batch-major: ``[N, T]`` = N episodes × T steps.
+"""Advantage estimators (``rl.advantage`` picks one, see :mod:`jaxagent.trainers.rlft`). Arrays are batch-major: ``[N, T]`` = N episodes × T steps.
 
 - ``rewards_to_go_mc`` (bandits, fixed horizon, no value head): the discounted reward-to-go
   G_t = Σ_{t'≥t} γ^{t'−t} r_t' minus a Monte-Carlo baseline b_t = the mean of G_t over the N
@@ -16,12 +16,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-
-from jaxagent.losses import Registry
-
-ADVANTAGES = Registry("advantage estimator")
-register_advantage = ADVANTAGES.register
-get_advantage = ADVANTAGES.get
 
 
 def masked_normalize(x: jax.Array, mask: jax.Array | None = None, *, center: bool = True,
@@ -59,7 +53,6 @@ def discounted_rewards_to_go(rewards: jax.Array, gamma: float, dones: jax.Array 
     return g.T
 
 
-@register_advantage("rewards_to_go_mc")
 def rewards_to_go_mc(rewards: jax.Array, mask: jax.Array | None = None, *, gamma: float = 1.0,
                      normalize: bool = False, group_size: int = 1) -> tuple[jax.Array, jax.Array]:
     """Advantages G_t − b_t with a per-step Monte-Carlo baseline; returns (advantages, rewards-to-go).
@@ -88,7 +81,6 @@ def rewards_to_go_mc(rewards: jax.Array, mask: jax.Array | None = None, *, gamma
     return adv, returns
 
 
-@register_advantage("gae")
 def gae(rewards: jax.Array, values: jax.Array, dones: jax.Array, last_value: jax.Array, *,
         gamma: float = 1.0, lam: float = 0.95, mask: jax.Array | None = None,
         normalize: bool = False) -> tuple[jax.Array, jax.Array]:

@@ -17,6 +17,9 @@ from envs_jax.yaml_config import ConfigError
 
 _field = dataclasses.field
 
+# trainer -> its phases, run in order, each continuing from the last one's parameters (see jaxagent.trainers.PHASES)
+TRAINERS = {"sft": ("sft",), "rlft": ("rlft",), "sft_then_rlft": ("sft", "rlft")}
+
 
 def _require(ok: bool, key: str, rule: str, value: Any) -> None:
     if not ok:
@@ -232,7 +235,7 @@ class RunConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-    trainer: Literal["sft", "rlft", "sft_then_rlft"] = "rlft"
+    trainer: str = "rlft"                  # a TRAINERS name
     env: EnvConfig = _field(default_factory=EnvConfig)
     model: ModelConfig = _field(default_factory=ModelConfig)
     prompt: PromptConfig = _field(default_factory=PromptConfig)
@@ -244,6 +247,7 @@ class ExperimentConfig:
     run: RunConfig = _field(default_factory=RunConfig)
 
     def validate(self) -> None:
+        _require(self.trainer in TRAINERS, "trainer", f"must be one of {', '.join(TRAINERS)}", self.trainer)
         if self.rl.advantage == "gae":
             _require(self.model.value_head, "model.value_head", "must be true when rl.advantage is 'gae'",
                      self.model.value_head)

@@ -1,4 +1,4 @@
-"""Training losses, registered by name, each returning a ``LossOutput(sum, denom, stats)``.
+"""Training losses, each returning a ``LossOutput(sum, denom, stats)``.
 
 A loss never divides by its own batch size. It returns the *sum* of its per-item terms and the
 *denominator* that sum is averaged over (e.g. the number of unmasked tokens), so that gradient
@@ -15,40 +15,9 @@ broadcast over that context's tokens. Losses are unweighted; the trainer weighs 
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 from flax import struct
-
-
-class Registry:
-    """Name → function table with a decorator for registering and a one-line error for unknown names."""
-
-    def __init__(self, kind: str):
-        self.kind = kind
-        self._table: dict[str, Callable] = {}
-
-    def register(self, name: str) -> Callable[[Callable], Callable]:
-        def add(fn: Callable) -> Callable:
-            if name in self._table:
-                raise ValueError(f"{self.kind} '{name}' is already registered")
-            self._table[name] = fn
-            return fn
-        return add
-
-    def get(self, name: str) -> Callable:
-        if name not in self._table:
-            raise ValueError(f"unknown {self.kind} '{name}' (known: {', '.join(sorted(self._table))})")
-        return self._table[name]
-
-    def names(self) -> tuple[str, ...]:
-        return tuple(sorted(self._table))
-
-
-LOSSES = Registry("loss")
-register_loss = LOSSES.register
-get_loss = LOSSES.get
 
 
 @struct.dataclass
@@ -102,7 +71,6 @@ def _f32(*xs: jax.Array) -> tuple[jax.Array, ...]:
     return tuple(jnp.asarray(x, jnp.float32) for x in xs)
 
 
-@register_loss("ppo_clip")
 def ppo_clip(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array, mask: jax.Array, *,
              epsilon: float = 0.2, epsilon_low: float | None = None,
              epsilon_high: float | None = None) -> LossOutput:
@@ -143,7 +111,6 @@ def kl_estimate(logp: jax.Array, ref_logp: jax.Array, estimator: str) -> jax.Arr
     raise ValueError(f"unknown KL estimator '{estimator}' (known: k1, k3)")
 
 
-@register_loss("kl")
 def kl(logp: jax.Array, ref_logp: jax.Array, mask: jax.Array, *, estimator: str = "k3") -> LossOutput:
     """Per-token KL to the frozen reference policy (weighted by β in the objective). Stat: ``kl``."""
     logp, ref_logp, mask = _f32(logp, ref_logp, mask)
@@ -152,7 +119,6 @@ def kl(logp: jax.Array, ref_logp: jax.Array, mask: jax.Array, *, estimator: str 
     return LossOutput(total, count, {"kl": Stat(jax.lax.stop_gradient(total), count)})
 
 
-@register_loss("value")
 def value(values: jax.Array, returns: jax.Array, mask: jax.Array | None = None, *,
           old_values: jax.Array | None = None, clip: float | None = None) -> LossOutput:
     """½ squared error of the value head ``[B]`` against the returns, optionally PPO-clipped.
@@ -176,7 +142,6 @@ def value(values: jax.Array, returns: jax.Array, mask: jax.Array | None = None, 
     return LossOutput(0.5 * jnp.sum(err * mask), mask.sum(), stats)
 
 
-@register_loss("sft_nll")
 def sft_nll(logp: jax.Array, mask: jax.Array) -> LossOutput:
     """Negative log-likelihood of the target tokens (log-probs of the tokens in the data)."""
     logp, mask = _f32(logp, mask)
@@ -200,7 +165,6 @@ def token_entropy(logits: jax.Array) -> jax.Array:
     return -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
 
 
-@register_loss("entropy")
 def entropy(token_entropies: jax.Array, mask: jax.Array) -> LossOutput:
     """Mean per-token entropy: a diagnostic, or a bonus with a negative weight.
 

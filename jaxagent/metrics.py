@@ -57,6 +57,15 @@ def invalid_rate(valid: jax.Array, mask: jax.Array | None = None) -> jax.Array:
     return jnp.sum(invalid * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
+def rollout_summary(traj, num_actions: int) -> dict[str, jax.Array]:
+    """Means over a rollout's rows, logged while training: rewards per row (env and shaped), invalid rate,
+    generated length, final regret and coverage."""
+    return {"env_reward": traj.env_rewards.sum(1).mean(), "train_reward": traj.train_rewards.sum(1).mean(),
+            "invalid_rate": invalid_rate(traj.valid), "generated_length": traj.lengths.mean(),
+            "regret": cumulative_regret(traj.expected_reward, traj.best_expected_reward)[:, -1].mean(),
+            "coverage": action_coverage(traj.actions, num_actions)[:, -1].mean()}
+
+
 def game_outcomes(rewards: jax.Array, dones: jax.Array) -> dict[str, jax.Array]:
     """Return and win / draw / loss fractions of the episodes that *finished* in ``[N, T]`` auto-reset
     rollouts (``dones[n, t]`` = an episode ended with step t). Episodes still running at the end are
@@ -79,6 +88,32 @@ def game_outcomes(rewards: jax.Array, dones: jax.Array) -> dict[str, jax.Array]:
     return {"episodes": count,
             "return": jnp.where(count > 0, jnp.sum(jnp.where(dones, totals, 0.0)) / jnp.maximum(count, 1), jnp.nan),
             "win": frac(totals > 0), "draw": frac(totals == 0), "loss": frac(totals < 0)}
+
+
+def first_episode_return(rewards: jax.Array, dones: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(finished, return)`` ``[N]`` of each row's first episode in ``[N, T]`` rollouts: whether it ended within
+    the T steps, and the sum of its rewards (up to its end)."""
+    dones = jnp.asarray(dones, bool)
+    ended_before = jnp.cumsum(dones, axis=-1) - dones  # episodes finished before step t
+    in_first = ended_before == 0
+    return jnp.any(dones, axis=-1), jnp.sum(jnp.where(in_first, jnp.asarray(rewards, jnp.float32), 0.0), axis=-1)
+
+
+def won_first_game(rewards: jax.Array, dones: jax.Array) -> jax.Array:
+    """[N]: the row's first game finished with a positive return (a win)."""
+    finished, total = first_episode_return(rewards, dones)
+    return finished & (total > 0)
+
+
+def did_not_lose_first_game(rewards: jax.Array, dones: jax.Array) -> jax.Array:
+    """[N]: the row's first game finished with a return of at least 0 (a win or a draw)."""
+    finished, total = first_episode_return(rewards, dones)
+    return finished & (total >= 0)
+
+
+def regret_below(expected_reward: jax.Array, best_expected_reward: jax.Array, threshold: float) -> jax.Array:
+    """[N]: the row's final cumulative regret is below ``threshold``."""
+    return cumulative_regret(expected_reward, best_expected_reward)[..., -1] < threshold
 
 
 @partial(jax.jit, static_argnames="iterations")

@@ -37,6 +37,12 @@ class PackedEpisodes:
     max_new_tokens: int = struct.field(pytree_node=False, default=0)  # G
 
 
+def token_mask(traj) -> jax.Array:
+    """[B, T, G]: 1 on each step's generated tokens."""
+    G = traj.tokens.shape[-1]
+    return (jnp.arange(G)[None, None, :] < traj.lengths[..., None]).astype(jnp.float32)
+
+
 def pack(prefix_tokens: jax.Array, traj, pad_id: int) -> PackedEpisodes:
     """Pack the episodes of a :class:`jaxagent.rollout.Trajectory` (batch-major) with the shared prompt prefix."""
     token_fields = traj.replace(states=None, prefix_length=None)

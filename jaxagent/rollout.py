@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxagent.env_kinds import kind_of
 from jaxagent.model import sampler
 from jaxagent.model.config import GemmaConfig
 from jaxagent.model.gemma import KVCache
@@ -89,8 +90,12 @@ class AgentLoop:
         if self.exploration is not None:
             _check_budget(self.exploration.width, self.max_new_tokens, "the exploration rationale")
 
+    def legal_mask(self, state):
+        """The state's legal moves, or None where every action is legal."""
+        return state.legal_mask if kind_of(self.env).legal_moves else None
+
     def random_legal_action(self, key, state):
-        mask = getattr(state, "legal_mask", None)
+        mask = self.legal_mask(state)
         if mask is None:
             return jax.random.randint(key, (), 0, self.env.num_actions)
         return jax.random.categorical(key, jnp.where(mask, 0.0, -jnp.inf))
@@ -98,14 +103,14 @@ class AgentLoop:
     def _env_step(self, key, state, generated, length, env_params):
         """Parse, replace invalid outputs by a random legal action, step (auto-resetting), shape the reward."""
         k_random, k_step, k_reset = jax.random.split(key, 3)
-        action, valid = self.parser.parse(generated, length, getattr(state, "legal_mask", None))
+        action, valid = self.parser.parse(generated, length, self.legal_mask(state))
         executed = jnp.where(valid, action, self.random_legal_action(k_random, state))
         _, next_state, reward, terminated, truncated, info = self.env.step(k_step, state, executed, env_params)
         done = terminated | truncated
         _, fresh = self.env.reset(k_reset, env_params)
         next_state = jax.tree.map(lambda a, b: jnp.where(done, a, b), fresh, next_state)
         bonus = 0.0
-        if self.exploration_bonus and hasattr(state, "counts"):
+        if self.exploration_bonus and kind_of(self.env).arms:
             bonus = self.exploration_bonus * (state.counts[executed] == 0)
         train_reward = reward + bonus + self.invalid_penalty * (1.0 - valid)
         expected = info.get("expected_reward", jnp.float32(0))

@@ -27,7 +27,8 @@ from pathlib import Path
 
 TESTS = {
     "jaxagent/rollout.py": ["tests/test_episode.py", "tests/test_rollout.py"],
-    "jaxagent/trainers/batches.py": ["tests/test_objectives.py", "tests/test_packing.py", "tests/test_rlft_sharded.py"],
+    "jaxagent/trainers/rlft.py": ["tests/test_objectives.py", "tests/test_rlft_sharded.py", "tests/test_trainers.py"],
+    "jaxagent/trainers/sft.py": ["tests/test_objectives.py", "tests/test_rollout.py", "tests/test_trainers.py"],
     "jaxagent/packing.py": ["tests/test_packing.py", "tests/test_objectives.py", "tests/test_rlft_sharded.py"],
     "jaxagent/trainers/setup.py": ["tests/test_experiment.py", "tests/test_episode.py", "tests/test_trainers.py"],
 }

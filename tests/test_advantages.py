@@ -1,8 +1,7 @@
 import numpy as np
 import pytest
 
-from jaxagent.advantages import (discounted_rewards_to_go, gae, get_advantage, masked_normalize,
-                                 normalize_rewards, rewards_to_go_mc)
+from jaxagent.advantages import discounted_rewards_to_go, gae, masked_normalize, normalize_rewards, rewards_to_go_mc
 
 
 def _gae_reference(rewards, values, dones, last_value, gamma, lam):
@@ -18,13 +17,6 @@ def _gae_reference(rewards, values, dones, last_value, gamma, lam):
             running = delta + gamma * lam * not_done * running
             adv[i, t] = running
     return adv
-
-
-def test_registry_has_both_estimators():
-    assert get_advantage("gae") is gae
-    assert get_advantage("rewards_to_go_mc") is rewards_to_go_mc
-    with pytest.raises(ValueError, match="unknown advantage estimator 'td'"):
-        get_advantage("td")
 
 
 def test_rewards_to_go_hand_computed():

@@ -33,7 +33,8 @@ def _legal_action(state, env):
 def test_contract(name):
     env, params = envs_jax.make(name, **OPTIONS.get(name, {}))
     assert isinstance(env.version, str) and env.version
-    assert env.name == name
+    assert env.name == name and env.kind in envs_jax.core.KINDS
+    assert envs_jax.AutoReset(env).kind == env.kind
     assert isinstance(env.num_actions, int) and env.num_actions >= 2
     assert isinstance(env.horizon, int) and env.horizon >= 1
     key = jax.random.key(0)

@@ -98,3 +98,16 @@ def test_build_hands_every_prompt_and_rollout_setting_to_the_episode():
     assert train.stop_tokens == exp.tokenizer.stop_ids and train.exploration is None
     assert (evaluate.temperature, evaluate.top_k, evaluate.top_p) == (0.3, 0, 1.0)
     assert evaluate.invalid_penalty == -2.5 and evaluate.num_steps == 4
+
+
+def test_every_trainer_and_advantage_name_the_config_accepts_has_an_implementation():
+    import typing
+
+    from jaxagent.experiment import TRAINERS, RLConfig
+    from jaxagent.trainers import PHASES
+    from jaxagent.trainers.rlft import ADVANTAGES
+
+    assert {phase for phases in TRAINERS.values() for phase in phases} == set(PHASES)
+    assert set(typing.get_args(typing.get_type_hints(RLConfig)["advantage"])) == set(ADVANTAGES)
+    for name in TRAINERS:
+        assert load_experiment(None, [f"trainer={name}"]).trainer == name

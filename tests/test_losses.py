@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from jaxagent import losses
-from jaxagent.losses import finalize_stats, get_loss, reduce_stacked, safe_mean
+from jaxagent.losses import finalize_stats, reduce_stacked, safe_mean
 
 # Row 0 has advantage +1, row 1 advantage −1; the third token of row 0 is masked out (ratio 3.0
 # there must not show up anywhere).
@@ -18,15 +18,7 @@ LOGP = OLD_LOGP + np.log(RATIOS)
 
 
 def _ppo(**kw):
-    return get_loss("ppo_clip")(jnp.asarray(LOGP), jnp.asarray(OLD_LOGP), jnp.asarray(ADV), jnp.asarray(MASK), **kw)
-
-
-def test_registry_lists_losses_and_rejects_unknown():
-    assert {"ppo_clip", "kl", "value", "sft_nll", "entropy"} <= set(losses.LOSSES.names())
-    with pytest.raises(ValueError, match="unknown loss 'ppo'"):
-        get_loss("ppo")
-    with pytest.raises(ValueError, match="already registered"):
-        losses.register_loss("kl")(lambda: None)
+    return losses.ppo_clip(jnp.asarray(LOGP), jnp.asarray(OLD_LOGP), jnp.asarray(ADV), jnp.asarray(MASK), **kw)
 
 
 def test_ppo_clip_both_sides_hand_computed():
@@ -51,7 +43,7 @@ def test_ppo_clip_separate_low_and_high():
 
 
 def test_ppo_clip_gradient_is_zero_on_clipped_tokens():
-    grad = jax.grad(lambda lp: get_loss("ppo_clip")(lp, jnp.asarray(OLD_LOGP), jnp.asarray(ADV),
+    grad = jax.grad(lambda lp: losses.ppo_clip(lp, jnp.asarray(OLD_LOGP), jnp.asarray(ADV),
                                                     jnp.asarray(MASK)).sum)(jnp.asarray(LOGP))
     # d(−ρA)/dlogp = −ρA where unclipped; 0 where the clip is active or the token masked
     expected = np.array([[0.0, -0.5, 0.0], [0.0, 1.5, 1.1]])
@@ -61,11 +53,11 @@ def test_ppo_clip_gradient_is_zero_on_clipped_tokens():
 def test_kl_estimators_hand_computed():
     logp, ref = jnp.log(jnp.array([[0.5]])), jnp.log(jnp.array([[0.25]]))
     one = jnp.ones((1, 1))
-    assert float(get_loss("kl")(logp, ref, one, estimator="k1").sum) == pytest.approx(math.log(2), abs=1e-6)
+    assert float(losses.kl(logp, ref, one, estimator="k1").sum) == pytest.approx(math.log(2), abs=1e-6)
     # r = π_ref/π = 0.5 → k3 = r − 1 − log r
-    assert float(get_loss("kl")(logp, ref, one, estimator="k3").sum) == pytest.approx(0.5 - 1 + math.log(2), abs=1e-6)
+    assert float(losses.kl(logp, ref, one, estimator="k3").sum) == pytest.approx(0.5 - 1 + math.log(2), abs=1e-6)
     with pytest.raises(ValueError, match="k2"):
-        get_loss("kl")(logp, ref, one, estimator="k2")
+        losses.kl(logp, ref, one, estimator="k2")
 
 
 @pytest.mark.parametrize("estimator", ["k1", "k3"])
@@ -75,7 +67,7 @@ def test_kl_estimators_are_unbiased(estimator):
     p = np.array([0.1, 0.2, 0.3, 0.4])
     q = np.array([0.4, 0.3, 0.2, 0.1])
     exact = float(np.sum(p * np.log(p / q)))
-    out = get_loss("kl")(jnp.log(p)[None], jnp.log(q)[None], jnp.asarray(p)[None], estimator=estimator)
+    out = losses.kl(jnp.log(p)[None], jnp.log(q)[None], jnp.asarray(p)[None], estimator=estimator)
     assert float(safe_mean(out.sum, out.denom)) == pytest.approx(exact, abs=1e-6)
     assert float(finalize_stats(out.stats)["kl"]) == pytest.approx(exact, abs=1e-6)
 
@@ -90,22 +82,22 @@ def test_k3_is_never_negative():
 
 def test_value_loss_plain_and_clipped():
     v, ret = jnp.array([1.0, 2.0]), jnp.array([0.0, 4.0])
-    out = get_loss("value")(v, ret)
+    out = losses.value(v, ret)
     assert float(out.sum) == pytest.approx(0.5 * (1 + 4)) and float(out.denom) == 2
     # the clipped prediction 0.2 is farther from the return 1.0 than the unclipped 1.0
-    out = get_loss("value")(jnp.array([1.0]), jnp.array([1.0]), old_values=jnp.array([0.0]), clip=0.2)
+    out = losses.value(jnp.array([1.0]), jnp.array([1.0]), old_values=jnp.array([0.0]), clip=0.2)
     assert float(out.sum) == pytest.approx(0.5 * 0.8**2)
     assert float(finalize_stats(out.stats)["value_clip_fraction"]) == 1.0
     # here the unclipped errors are the larger ones
-    out = get_loss("value")(v, ret, old_values=jnp.array([0.5, 2.5]), clip=0.2)
+    out = losses.value(v, ret, old_values=jnp.array([0.5, 2.5]), clip=0.2)
     assert float(out.sum) == pytest.approx(2.5)
-    masked = get_loss("value")(v, ret, jnp.array([1.0, 0.0]))
+    masked = losses.value(v, ret, jnp.array([1.0, 0.0]))
     assert float(masked.sum) == pytest.approx(0.5) and float(masked.denom) == 1
 
 
 def test_sft_nll_counts_only_target_tokens():
     logp = jnp.log(jnp.array([[0.5, 0.25, 0.125]]))
-    out = get_loss("sft_nll")(logp, jnp.array([[0.0, 1.0, 1.0]]))
+    out = losses.sft_nll(logp, jnp.array([[0.0, 1.0, 1.0]]))
     assert float(safe_mean(out.sum, out.denom)) == pytest.approx((math.log(4) + math.log(8)) / 2, abs=1e-6)
 
 
@@ -123,12 +115,12 @@ def test_token_entropy_and_entropy_stat():
     logits = jnp.array([[[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, -1e9, -1e9]]])
     h = losses.token_entropy(logits)
     np.testing.assert_allclose(np.asarray(h), [[math.log(4), math.log(2)]], atol=1e-6)
-    out = get_loss("entropy")(h, jnp.array([[1.0, 0.0]]))
+    out = losses.entropy(h, jnp.array([[1.0, 0.0]]))
     assert float(finalize_stats(out.stats)["entropy"]) == pytest.approx(math.log(4), abs=1e-6)
 
 
 def test_all_masked_batch_gives_zero_loss_and_nan_stats():
-    out = get_loss("ppo_clip")(jnp.asarray(LOGP), jnp.asarray(OLD_LOGP), jnp.asarray(ADV), jnp.zeros((2, 3)))
+    out = losses.ppo_clip(jnp.asarray(LOGP), jnp.asarray(OLD_LOGP), jnp.asarray(ADV), jnp.zeros((2, 3)))
     assert float(safe_mean(out.sum, out.denom)) == 0.0
     assert math.isnan(float(finalize_stats(out.stats)["ratio_max"]))
 
@@ -140,8 +132,8 @@ def test_micro_batch_sums_reduce_to_the_full_batch():
     mask = (rng.uniform(size=(6, 4)) > 0.3).astype(np.float32)
     mask[:, 0] = 1.0  # uneven token counts per row, so per-micro-batch means would be biased
     adv = rng.normal(size=6)
-    full = get_loss("ppo_clip")(logp, old, adv, mask)
-    parts = [get_loss("ppo_clip")(logp[i:i + 2], old[i:i + 2], adv[i:i + 2], mask[i:i + 2]) for i in (0, 2, 4)]
+    full = losses.ppo_clip(logp, old, adv, mask)
+    parts = [losses.ppo_clip(logp[i:i + 2], old[i:i + 2], adv[i:i + 2], mask[i:i + 2]) for i in (0, 2, 4)]
     merged = reduce_stacked(jax.tree.map(lambda *xs: jnp.stack(xs), *parts))
     assert float(safe_mean(merged.sum, merged.denom)) == pytest.approx(float(safe_mean(full.sum, full.denom)), abs=1e-6)
     for k, v in finalize_stats(full.stats).items():

@@ -22,7 +22,8 @@ from jaxagent.text.render import PromptOptions
 from jaxagent.text.tokenizer import shipped_tokenizer
 from jaxagent.train_step import accumulate_gradients
 from jaxagent.experts import ExplorationOverride, Expert
-from jaxagent.trainers.batches import rl_batch, rl_loss, rl_weights, sft_batch, sft_loss
+from jaxagent.trainers.rlft import rl_batch, rl_loss, rl_weights
+from jaxagent.trainers.sft import sft_batch, sft_loss
 
 TOK = shipped_tokenizer()
 CFG = GemmaConfig(vocab_size=TOK.vocab_size, num_layers=2, d_model=32, ffw_dim=64, num_heads=2, num_kv_heads=1,

@@ -33,12 +33,13 @@ def _train_and_evaluate(out_dir, seed, control, settings):
     from jaxagent import metrics
     from jaxagent.experiment import load_experiment
     from jaxagent.runlog import RunLog
-    from jaxagent.trainers import batches, phases
+    from jaxagent.trainers import rlft
     from jaxagent.trainers.setup import build
 
-    real = batches.adv_lib.rewards_to_go_mc
+    real = rlft.ADVANTAGES["rewards_to_go_mc"]
     if control:
-        batches.adv_lib.rewards_to_go_mc = lambda rewards, **kw: (jnp.zeros_like(rewards), jnp.zeros_like(rewards))
+        zero = lambda rl, rewards, traj, values: (jnp.zeros_like(rewards), jnp.zeros_like(rewards))
+        rlft.ADVANTAGES["rewards_to_go_mc"] = rlft.Advantage(zero, needs_values=False)
     try:
         cfg = load_experiment(None, settings + [f"run.seed={seed}", f"run.output_dir={out_dir}",
                                                 f"run.name={'control' if control else 'rlft'}-{seed}"])
@@ -46,9 +47,9 @@ def _train_and_evaluate(out_dir, seed, control, settings):
         exp.pool = _second_arm_best(exp.env)
         held_out, key = exp.pool(jax.random.key(100 + seed), 256), jax.random.key(200 + seed)
         with RunLog(cfg.run.directory, cfg, {"run": seed}) as log:
-            tuned = phases.train_rlft(exp, exp.init_params, cfg.run.directory / "rlft", log)
+            tuned = rlft.train(exp, exp.init_params, cfg.run.directory / "rlft", log)
     finally:
-        batches.adv_lib.rewards_to_go_mc = real
+        rlft.ADVANTAGES["rewards_to_go_mc"] = real
     runs = [("after", tuned)] if control else [("before", exp.init_params), ("after", tuned)]
     out = {}
     for name, params in runs:  # the control's "before" is the learning run's: same base, instances and keys

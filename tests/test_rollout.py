@@ -13,8 +13,7 @@ from jaxagent.text.bandit_prompt import BanditRenderer
 from jaxagent.text.parse import ActionParser
 from jaxagent.text.render import PromptOptions
 from jaxagent.text.tokenizer import shipped_tokenizer
-from jaxagent.trainers.batches import sft_batch
-from jaxagent.trainers.phases import label_every_turn
+from jaxagent.trainers.sft import label_every_turn, sft_batch
 
 TOK = shipped_tokenizer()
 CFG = GemmaConfig(vocab_size=TOK.vocab_size, num_layers=2, d_model=32, ffw_dim=64, num_heads=2, num_kv_heads=1,

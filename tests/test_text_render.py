@@ -14,7 +14,8 @@ from jaxagent.text.bandit_prompt import BanditRenderer
 from jaxagent.text.contextual_prompt import ContextualRenderer
 from jaxagent.text.numbers import format_value
 from jaxagent.text.render import PromptOptions
-from jaxagent.text.states import BanditParams, BanditState, TicTacToeState
+from envs_jax.bandits import BanditParams, BanditState
+from envs_jax.tictactoe import TicTacToeState
 from jaxagent.text.tictactoe_prompt import TicTacToeRenderer
 from jaxagent.text.tokenizer import TextError, shipped_tokenizer
 
@@ -166,7 +167,8 @@ def _tictactoe_after(moves):
     history = np.zeros((horizon, 9), np.int32)
     history[:t] = boards
     return TicTacToeState(np.asarray(game.board_of(g.x, g.o)), np.asarray(g.legal_action_mask), np.int32(t),
-                          actions, np.zeros(horizon, np.float32), history)
+                          actions, np.zeros(horizon, np.float32), history, winner=np.int32(0),
+                          terminated=np.bool_(False), agent_player=np.int32(0), game=g)
 
 
 @pytest.mark.parametrize("template", sorted(TICTACTOE_TEXTS))

@@ -8,15 +8,17 @@ import pytest
 from test_text_tokenizer import gemma_like
 from tokenizers import Tokenizer, models, trainers
 
+import envs_jax
+from jaxagent.env_kinds import make_renderer
 from jaxagent.text import (BanditRenderer, ContextualRenderer, PromptOptions, TextError, TextTokenizer,
-                           TicTacToeRenderer, make_parser, make_renderer, random_relabelling, relabel_state,
-                           shipped_tokenizer, unrelabel_action)
+                           TicTacToeRenderer, make_parser, random_relabelling, relabel_state, shipped_tokenizer,
+                           unrelabel_action)
 from jaxagent.text.build_tokenizer import SPECIAL_TOKENS, training_text
 from jaxagent.text.parse import parse_text
 from jaxagent.text.states import random_bandit
 
-BANDIT_ENV = types.SimpleNamespace(name="gaussian_bandit", num_arms=5, horizon=50)
-TICTACTOE_ENV = types.SimpleNamespace(name="tictactoe", horizon=5)
+BANDIT_ENV = envs_jax.make_env("bandit-gaussian", num_arms=5, horizon=50)
+TICTACTOE_ENV = envs_jax.make_env("tictactoe")
 
 
 def merge_everything_tokenizer() -> TextTokenizer:
@@ -29,18 +31,18 @@ def merge_everything_tokenizer() -> TextTokenizer:
     return TextTokenizer(backend, "merge-everything BPE")
 
 
-def test_make_renderer_picks_the_template_from_the_env():
+def test_make_renderer_picks_the_template_of_the_envs_kind():
     tok = shipped_tokenizer()
     assert isinstance(make_renderer(BANDIT_ENV, tok), BanditRenderer)
     assert isinstance(make_renderer(TICTACTOE_ENV, tok), TicTacToeRenderer)
-    movies = types.SimpleNamespace(name="movielens", horizon=50, movie_titles=("Fargo (1996)", "Heat (1995)"),
+    movies = types.SimpleNamespace(name="movielens", kind="contextual_bandit", horizon=50, movie_titles=("Fargo (1996)", "Heat (1995)"),
                                    occupations=("artist",), locations=("Cook county, IL",))
     params = types.SimpleNamespace(user_prefs=np.zeros((3, 4), np.float32))
     renderer = make_renderer(movies, tok, PromptOptions(history_window=5), params=params)
     assert isinstance(renderer, ContextualRenderer) and renderer.pref_dim == 4
     with pytest.raises(TextError, match="needs the env params"):
         make_renderer(movies, tok)
-    with pytest.raises(TextError, match="'maze' has no prompt template"):
+    with pytest.raises(TextError, match="'maze' has kind None, which has no prompt template"):
         make_renderer(types.SimpleNamespace(name="maze", horizon=9), tok)
 
 
@@ -89,7 +91,6 @@ def test_relabelling_rewrites_history_and_maps_the_answer_back():
     ("tictactoe", PromptOptions()),
 ])
 def test_real_env_episodes_render_token_exact(name, options):
-    envs_jax = pytest.importorskip("envs_jax")
     env, params = envs_jax.make(name)
     renderer = make_renderer(env, shipped_tokenizer(), options, params=params)
     parser = make_parser(renderer)

@@ -9,7 +9,8 @@ import optax
 import pytest
 
 from cpu_devices import run_on_cpu_devices
-from jaxagent.losses import get_loss, token_entropy
+from jaxagent import losses
+from jaxagent.losses import token_entropy
 from jaxagent.train_step import (NonFiniteError, accumulate_gradients, create_train_state, make_train_step,
                                  raise_if_nonfinite, shardings_of)
 
@@ -36,10 +37,10 @@ def policy(params, tokens):
 def loss_fn(params, batch):
     logp, logits, values = policy(params, batch["tokens"])
     mask = batch["mask"]
-    return {"ppo_clip": get_loss("ppo_clip")(logp, batch["old_logp"], batch["adv"], mask),
-            "kl": get_loss("kl")(logp, batch["ref_logp"], mask, estimator="k3"),
-            "value": get_loss("value")(values, batch["returns"]),
-            "entropy": get_loss("entropy")(token_entropy(logits), mask)}
+    return {"ppo_clip": losses.ppo_clip(logp, batch["old_logp"], batch["adv"], mask),
+            "kl": losses.kl(logp, batch["ref_logp"], mask, estimator="k3"),
+            "value": losses.value(values, batch["returns"]),
+            "entropy": losses.entropy(token_entropy(logits), mask)}
 
 
 def make_batch(params, seed, rows=16):

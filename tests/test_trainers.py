@@ -16,7 +16,7 @@ from envs_jax.yaml_config import ConfigError
 from jaxagent.experiment import load_experiment
 from jaxagent.model.config import CheckpointError
 from jaxagent.runlog import RunLog
-from jaxagent.trainers import phases
+from jaxagent.trainers import loop, rlft, sft
 from jaxagent.trainers.setup import build
 
 TINY = ["model.preset=nano", "model.tokenizer=shipped", "env.options={num_arms: 3, horizon: 3}", "env.pool_size=8",
@@ -29,7 +29,7 @@ def _train(tmp_path, name):
     cfg = load_experiment(None, TINY + [f"run.output_dir={tmp_path}", f"run.name={name}"])
     exp = build(cfg)
     with RunLog(cfg.run.directory, cfg, {"run": 0}) as log:
-        return phases.train_sft(exp, exp.init_params, cfg.run.directory / "sft", log)
+        return sft.train(exp, exp.init_params, cfg.run.directory / "sft", log)
 
 
 def _fingerprint(batch) -> int:
@@ -39,7 +39,7 @@ def _fingerprint(batch) -> int:
 def _watch_steps(monkeypatch, interrupt_at=None):
     """(step, batch fingerprint) of every update the phases run from now on (a list that grows);
     ``KeyboardInterrupt`` at update ``interrupt_at``."""
-    seen, real_fit = [], phases.fit
+    seen, real_fit = [], loop.fit
 
     def fit(*args, train_step, **kw):
         def step(state, batch):
@@ -48,7 +48,7 @@ def _watch_steps(monkeypatch, interrupt_at=None):
                 raise KeyboardInterrupt
             return train_step(state, batch)
         return real_fit(*args, train_step=step, **kw)
-    monkeypatch.setattr(phases, "fit", fit)
+    monkeypatch.setattr(loop, "fit", fit)
     return seen
 
 
@@ -80,7 +80,7 @@ def _interrupt_and_resume(exp, train, tmp_path, monkeypatch, interrupt_at, check
 
 def test_interrupted_sft_resumes_to_the_same_parameters(tmp_path, monkeypatch):
     exp = build(load_experiment(None, TINY))  # 4 updates, checkpoints every 2
-    _interrupt_and_resume(exp, phases.train_sft, tmp_path, monkeypatch, interrupt_at=3, checkpoint=2)
+    _interrupt_and_resume(exp, sft.train, tmp_path, monkeypatch, interrupt_at=3, checkpoint=2)
 
 
 def test_interrupted_rlft_resumes_to_the_same_parameters(tmp_path, monkeypatch):
@@ -88,7 +88,7 @@ def test_interrupted_rlft_resumes_to_the_same_parameters(tmp_path, monkeypatch):
     # order; the interruption falls in the 2nd rollout, whose start is the last checkpoint
     exp = build(load_experiment(None, TINY + ["rollout.max_new_tokens=8", "rollout.envs_per_rollout=2",
                                               "rl.batch_size=3", "rl.epochs=2", "rl.num_updates=8"]))
-    every_step = _interrupt_and_resume(exp, phases.train_rlft, tmp_path, monkeypatch, interrupt_at=5, checkpoint=4)
+    every_step = _interrupt_and_resume(exp, rlft.train, tmp_path, monkeypatch, interrupt_at=5, checkpoint=4)
     batches = [fingerprint for _, fingerprint in every_step]
     assert batches[:4] == batches[:2] * 2 and batches[4:] == batches[4:6] * 2
     assert len(set(batches)) == 4  # two rollouts, two distinct batches each
@@ -106,7 +106,7 @@ def test_bad_experiment_settings_fail_at_set_up_naming_the_key(override, fragmen
         build(load_experiment(None, TINY + [override]))
 
 
-@pytest.mark.parametrize("train", [phases.train_sft, phases.train_rlft])
+@pytest.mark.parametrize("train", [sft.train, rlft.train])
 def test_training_with_a_history_window_fails_naming_the_key(tmp_path, train):
     cfg = load_experiment(None, TINY + ["prompt.history_window=2", f"run.output_dir={tmp_path}"])
     exp = build(cfg)
@@ -125,16 +125,16 @@ def _one_line_naming(error, key):
 
 @pytest.mark.parametrize("overrides, train, key", [
     # 2 episodes of 3 steps an update, 2 updates a rollout of 4 episodes
-    pytest.param(TINY + ["rollout.envs_per_rollout=4", "rl.batch_size=6", "rl.num_updates=3"], phases.train_rlft,
+    pytest.param(TINY + ["rollout.envs_per_rollout=4", "rl.batch_size=6", "rl.num_updates=3"], rlft.train,
                  "rl.num_updates", id="rl.num_updates"),
     # 3 episodes an update, micro-batches of 2
     pytest.param(TINY + ["rollout.envs_per_rollout=6", "rl.batch_size=10", "rl.micro_batch_size=5"],
-                 phases.train_rlft, "rl.micro_batch_size", id="rl.micro_batch_size"),
-    pytest.param(TINY + ["sft.batch_size=10", "sft.micro_batch_size=5"], phases.train_sft, "sft.micro_batch_size",
+                 rlft.train, "rl.micro_batch_size", id="rl.micro_batch_size"),
+    pytest.param(TINY + ["sft.batch_size=10", "sft.micro_batch_size=5"], sft.train, "sft.micro_batch_size",
                  id="sft.micro_batch_size"),
-    pytest.param(TINY + ["sft.expert=minimax"], phases.train_sft, "sft.expert", id="sft.expert-bandit"),
-    pytest.param(TICTACTOE + ["sft.expert=ucb"], phases.train_sft, "sft.expert", id="sft.expert-tictactoe"),
-    pytest.param(TICTACTOE + ["sft.expert=minimax", "sft.action_noise=0.25"], phases.train_sft, "sft.action_noise",
+    pytest.param(TINY + ["sft.expert=minimax"], sft.train, "sft.expert", id="sft.expert-bandit"),
+    pytest.param(TICTACTOE + ["sft.expert=ucb"], sft.train, "sft.expert", id="sft.expert-tictactoe"),
+    pytest.param(TICTACTOE + ["sft.expert=minimax", "sft.action_noise=0.25"], sft.train, "sft.action_noise",
                  id="sft.action_noise"),
 ])
 def test_a_setting_the_phase_cannot_use_fails_in_one_line_naming_its_key(tmp_path, overrides, train, key):
@@ -177,7 +177,8 @@ def test_tictactoe_sft_on_minimax_reports_win_draw_loss(tmp_path):
 def test_minimax_expert_text_parses_back_to_its_move():
     import envs_jax
     from jaxagent.experts import MinimaxExpert
-    from jaxagent.text import make_parser, make_renderer
+    from jaxagent.env_kinds import make_renderer
+    from jaxagent.text import make_parser
     from jaxagent.text.tokenizer import shipped_tokenizer
     env = envs_jax.make_env("tictactoe", opponent="random")
     tok = shipped_tokenizer()
@@ -229,7 +230,7 @@ def test_exploration_mechanisms_shape_training_rollouts_only():
 
 def test_grouped_draw_repeats_each_instance_in_consecutive_rows():
     pool = {"means": np.arange(20.0).reshape(10, 2)}
-    drawn = np.asarray(phases._draw(pool, jax.random.key(3), 8, group_size=4)["means"])
+    drawn = np.asarray(loop.draw(pool, jax.random.key(3), 8, group_size=4)["means"])
     assert drawn.shape == (8, 2)
     for group in drawn.reshape(2, 4, 2):
         assert (group == group[0]).all()
@@ -317,14 +318,14 @@ def _rlft_on_two_devices(output_dir):
     assert exp.train_loop.rollout_on(exp.mesh) != exp.train_loop.rollout
     _per_device_rollout_against_one_device_each(exp)
     # one 3-step episode an update
-    for overrides, train, key in ((["rl.batch_size=3"], phases.train_rlft, "rl.batch_size"),
-                                  (["sft.batch_size=3"], phases.train_sft, "sft.batch_size")):
+    for overrides, train, key in ((["rl.batch_size=3"], rlft.train, "rl.batch_size"),
+                                  (["sft.batch_size=3"], sft.train, "sft.batch_size")):
         odd = build(load_experiment(None, two + overrides))
         with pytest.raises(ConfigError) as error:
             train(odd, odd.init_params, Path(output_dir) / "odd", None)
         _one_line_naming(error, key)
     with RunLog(cfg.run.directory, cfg, {"run": 0}) as log:
-        tuned = phases.train_rlft(exp, exp.init_params, cfg.run.directory / "rlft", log)
+        tuned = rlft.train(exp, exp.init_params, cfg.run.directory / "rlft", log)
     leaves = [np.asarray(a) for a in jax.tree.leaves(tuned)]
     assert all(np.isfinite(a).all() for a in leaves)
     assert any(not np.allclose(a, np.asarray(b)) for a, b in zip(leaves, jax.tree.leaves(exp.init_params)))

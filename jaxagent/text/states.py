@@ -1,58 +1,16 @@
-"""Stand-in state/params pytrees with the envs' field names, and random draws of them.
+"""Random draws of the envs' own state and params pytrees (numpy leaves, batched over a leading axis).
 
-Renderers read only these fields, so they work on the envs' own pytrees and on these. Random draws cover
-what a prompt can show (any step, any history, rewards beyond the two-decimal range, rounding ties) and
-feed the renderers' self-checks and the property tests.
+They cover what a prompt can show (any step, any history, rewards beyond the two-decimal range, rounding ties),
+not only the states an episode reaches, and feed the renderers' self-checks and the property tests.
 """
 from __future__ import annotations
 
 import numpy as np
-from flax import struct
 
-
-@struct.dataclass
-class BanditState:
-    t: np.ndarray  # i32[]
-    actions: np.ndarray  # i32[H], -1 where not yet
-    rewards: np.ndarray  # f32[H]
-    counts: np.ndarray  # i32[K]
-    reward_sums: np.ndarray  # f32[K]
-
-
-@struct.dataclass
-class BanditParams:
-    means: np.ndarray  # f32[K]
-
-
-@struct.dataclass
-class ContextualState:
-    t: np.ndarray
-    actions: np.ndarray
-    rewards: np.ndarray
-    counts: np.ndarray
-    reward_sums: np.ndarray
-    user: np.ndarray  # i32[], the current user
-    users: np.ndarray  # i32[H], the user of each step
-
-
-@struct.dataclass
-class ContextualParams:
-    user_gender: np.ndarray  # i32[U], 0 female / 1 male
-    user_age: np.ndarray  # i32[U]
-    user_occupation: np.ndarray  # i32[U]
-    user_location: np.ndarray  # i32[U]
-    user_prefs: np.ndarray  # f32[U, D]
-    expected_rewards: np.ndarray  # f32[U, K]
-
-
-@struct.dataclass
-class TicTacToeState:
-    board: np.ndarray  # i32[9], 0 empty / 1 agent / 2 opponent
-    legal_mask: np.ndarray  # bool[9]
-    t: np.ndarray
-    actions: np.ndarray
-    rewards: np.ndarray
-    boards: np.ndarray  # i32[H, 9], the board before the agent's move at step i
+from envs_jax.bandits import BanditParams, BanditState
+from envs_jax.contextual import ContextualState, MovieLensParams
+from envs_jax.games.tictactoe import GameState
+from envs_jax.tictactoe import TicTacToeState
 
 
 def random_values(rng: np.random.Generator, shape) -> np.ndarray:
@@ -87,13 +45,14 @@ def random_contextual(rng: np.random.Generator, n: int, num_arms: int, horizon: 
     state = ContextualState(bandit.t, bandit.actions, bandit.rewards, bandit.counts, bandit.reward_sums,
                             rng.integers(0, num_users, size=n).astype(np.int32),
                             rng.integers(0, num_users, size=(n, horizon)).astype(np.int32))
-    params = ContextualParams(
+    params = MovieLensParams(
         rng.integers(0, 2, size=(n, num_users)).astype(np.int32),
         rng.integers(7, 80, size=(n, num_users)).astype(np.int32),
         rng.integers(0, num_occupations, size=(n, num_users)).astype(np.int32),
         rng.integers(0, num_locations, size=(n, num_users)).astype(np.int32),
         random_values(rng, (n, num_users, pref_dim)) / np.float32(50.0),
-        rng.normal(size=(n, num_users, num_arms)).astype(np.float32))
+        rng.normal(size=(n, num_users, num_arms)).astype(np.float32),
+        np.ones(n, np.float32))
     return state, params
 
 
@@ -102,4 +61,12 @@ def random_tictactoe(rng: np.random.Generator, n: int, horizon: int = 5):
     rewards = np.where(taken, rng.choice([-1.0, 0.0, 0.0, 1.0], size=(n, horizon)), 0.0).astype(np.float32)
     board = rng.integers(0, 3, size=(n, 9)).astype(np.int32)
     boards = np.where(taken[..., None], rng.integers(0, 3, size=(n, horizon, 9)), 0).astype(np.int32)
-    return TicTacToeState(board, board == 0, t, actions, rewards, boards), None
+    # The game core's view of the board (the agent moving first); prompts show only the fields above it.
+    bits = 1 << np.arange(9, dtype=np.int32)
+    game = GameState(x=((board == 1) * bits).sum(1, dtype=np.int32), o=((board == 2) * bits).sum(1, dtype=np.int32),
+                     current_player=np.zeros(n, np.int32), winner=np.full(n, -1, np.int32),
+                     terminated=np.zeros(n, bool), legal_action_mask=board == 0, rewards=np.zeros((n, 2), np.float32))
+    none = np.zeros(n, np.int32)
+    state = TicTacToeState(board, board == 0, t, actions, rewards, boards, winner=none, terminated=none.astype(bool),
+                           agent_player=none, game=game)
+    return state, None

@@ -1,4 +1,5 @@
-"""``jaxagent train|eval|export CONFIG [key=value ...]``: SFT, RLFT or SFT then RLFT, with paired evaluation."""
+"""``jaxagent train|eval|export CONFIG [key=value ...]``: the trainers (``trainer`` in the config names one of
+``jaxagent.experiment.TRAINERS``, a sequence of the phases below), with paired evaluation."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,24 +7,21 @@ from pathlib import Path
 
 from jaxagent.checkpoint import Checkpointer, is_step_directory
 from envs_jax.yaml_config import ConfigError
-from jaxagent.experiment import load_experiment
-from jaxagent.experts import Expert, MinimaxExpert
+from jaxagent.experiment import TRAINERS, load_experiment
 from jaxagent.model import load_policy
 from jaxagent.model.policy import Policy
 from jaxagent.runlog import RunLog
 from jaxagent.trainers.evaluate import Evaluator, print_table, summarise, write_report
-from jaxagent.trainers.phases import train_rlft, train_sft
+from jaxagent.trainers import rlft, sft
 from jaxagent.trainers.setup import build
 
-BANDIT_BASELINES = {"random": "random", "ucb": "ucb", "greedy_expert": "greedy"}
-
+# phase name -> train(exp, params, directory, log, evaluate) -> tuned params
+PHASES = {"sft": sft.train, "rlft": rlft.train}
 
 def _baselines(exp, evaluator: Evaluator) -> dict:
-    """Reference players on the held-out instances: random / UCB / greedy for bandits, minimax for games."""
-    if evaluator.game:
-        return {"minimax": evaluator.expert(MinimaxExpert(exp.env, exp.tokenizer, exp.labels, reasoning=False))}
-    return {name: evaluator.expert(Expert(kind, exp.tokenizer, exp.labels, exp.env.horizon, stats=False))
-            for name, kind in BANDIT_BASELINES.items()}
+    """The env kind's reference players on the held-out instances (random / UCB / greedy, or minimax)."""
+    experts = exp.kind.baseline_experts(exp.env, exp.tokenizer, exp.labels)
+    return {name: evaluator.expert(expert) for name, expert in experts.items()}
 
 
 def _eval_scalars(evaluator: Evaluator):
@@ -41,14 +39,12 @@ def train_from_config(path, overrides) -> dict:
         evaluator = Evaluator(exp, cfg.eval.num_episodes, cfg.eval.seed)
         curves = _baselines(exp, evaluator)
         params = exp.init_params
-        if cfg.trainer in ("sft", "sft_then_rlft"):
-            params = train_sft(exp, params, directory / "sft", log, _eval_scalars(evaluator))
-            curves["sft"] = evaluator.model(params)
-        if cfg.trainer in ("rlft", "sft_then_rlft"):
-            if cfg.trainer == "rlft":
-                curves["initial"] = evaluator.model(params)
-            params = train_rlft(exp, params, directory / "rlft", log, _eval_scalars(evaluator))
-            curves["rlft"] = evaluator.model(params)
+        phases = TRAINERS[cfg.trainer]
+        if phases[0] != "sft":
+            curves["initial"] = evaluator.model(params)
+        for phase in phases:
+            params = PHASES[phase](exp, params, directory / phase, log, _eval_scalars(evaluator))
+            curves[phase] = evaluator.model(params)
         Policy(exp.model_cfg, params).save(directory / "policy")
     summary = write_report(directory, curves)
     print_table(summary)
@@ -111,4 +107,4 @@ def export_from_config(path, overrides) -> None:
     print(f"exported {checkpoint} -> {out}")
 
 
-__all__ = ["eval_from_config", "export_from_config", "train_from_config"]
+__all__ = ["PHASES", "eval_from_config", "export_from_config", "train_from_config"]

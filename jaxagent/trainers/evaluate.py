@@ -56,7 +56,7 @@ class Evaluator:
         pool_key, self.key = jax.random.split(jax.random.key(seed))
         self.pool = experiment.pool(pool_key, num_episodes)
         self._model = jax.jit(experiment.eval_loop.rollout)
-        self.game = not experiment.bandit
+        self.game = experiment.kind.games
         self._last = (None, None)
 
     def model(self, params) -> dict[str, np.ndarray]:

@@ -1,25 +1,113 @@
-"""The training loop shared by SFT and RLFT: iterate {make data → updates}, log, checkpoint, resume.
+"""What every trainer shares: batch sizes in step contexts, the fit loop {make data → updates}, logging,
+checkpoints and resume.
 
 One iteration draws its data with ``fold_in(key, updates so far)``, so a run resumed from a checkpoint
 (saved only between iterations) continues exactly as the uninterrupted run would have.
+
+A trainer's batch unit is one packed episode (all its step contexts in one row, see :mod:`jaxagent.packing`):
+batch sizes are given in step contexts, as in the paper, and rounded to whole episodes.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
+from pathlib import Path
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from envs_jax.yaml_config import ConfigError
 from jaxagent.checkpoint import Checkpointer
+from jaxagent.model.sharding import row_shards
+from jaxagent.optim import make_optimizer
 from jaxagent.runlog import RunLog, progress
-from jaxagent.train_step import TrainState, raise_if_nonfinite, split_micro_batches
+from jaxagent.train_step import (TrainState, create_train_state, make_train_step, raise_if_nonfinite, shardings_of,
+                                 split_micro_batches)
+
+
+def episodes_per_update(batch_size: int, num_steps: int, episodes_per_rollout: int | None = None) -> int:
+    """The whole episodes closest to ``batch_size`` step contexts (a divisor of ``episodes_per_rollout`` if given:
+    the paper's 128 contexts of 50-step episodes, 16 per rollout, become 2 episodes = 100 contexts)."""
+    if episodes_per_rollout is None:
+        return max(1, round(batch_size / num_steps))
+    divisors = [d for d in range(1, episodes_per_rollout + 1) if episodes_per_rollout % d == 0]
+    return min(divisors, key=lambda d: abs(d * num_steps - batch_size))
+
+
+def micro_batches(micro_batch_size: int | None, episodes: int, num_steps: int, key: str) -> int:
+    if micro_batch_size is None:
+        return 1
+    per = episodes_per_update(micro_batch_size, num_steps)
+    if episodes % per:
+        raise ConfigError(f"config key '{key}': {micro_batch_size} contexts = {per} episodes, which does not "
+                          f"divide the {episodes} episodes of an update")
+    return episodes // per
+
+
+def check_batch_split(episodes: int, mesh, key: str) -> None:
+    shards = row_shards(mesh)
+    if episodes % shards:
+        raise ConfigError(f"config key '{key}': an update's {episodes} episodes do not split over the mesh's "
+                          f"data x fsdp = {shards} devices")
+
+
+def check_growing_history(loop) -> None:
+    """A packed episode's history only grows: training needs the whole history in the prompt."""
+    if not loop.rewinds:
+        r = loop.renderer
+        raise ConfigError(f"config key 'prompt.history_window': training needs the whole history in the prompt "
+                          f"(packed episodes), got a window of {r.window} of the {r.horizon} steps; windows "
+                          f"apply to evaluation only")
+
+
+def draw(pool, key, n: int, group_size: int = 1):
+    """``n`` instances from the pool: ``n / group_size`` distinct ones, each repeated ``group_size`` times in a row."""
+    size = jax.tree.leaves(pool)[0].shape[0]
+    idx = jax.random.choice(key, size, (n // group_size,), replace=size < n // group_size)
+    return jax.tree.map(lambda x: jnp.repeat(x[idx], group_size, axis=0), pool)
 
 
 def split_updates(batch, num_updates: int) -> list:
     """A rollout's batch (rows = episodes) as ``num_updates`` equal mini-batches."""
     stacked = split_micro_batches(batch, num_updates)
     return [jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(num_updates)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """One training phase as :func:`run_phase` runs it. ``make_data(key, params) -> (mini-batches, scalars)``."""
+    name: str
+    loss_fn: Callable
+    make_data: Callable
+    num_updates: int
+    learning_rate: float | None   # the phase's peak; None = optim.learning_rate
+    num_micro_batches: int = 1
+    weights: dict | None = None   # loss term → weight; None = every term 1
+
+
+def run_phase(exp, phase: Phase, params, directory: Path, key: jax.Array, log: RunLog, evaluate=None):
+    """Optimizer, checkpoints (resuming from the last one in ``directory``) and the fit loop; the tuned params."""
+    cfg = exp.cfg
+    optim = cfg.optim
+    if phase.learning_rate is not None:
+        optim = dataclasses.replace(optim, learning_rate=phase.learning_rate,
+                                    final_learning_rate=min(optim.final_learning_rate, phase.learning_rate))
+    optimizer = make_optimizer(optim, phase.num_updates)
+    checkpointer = Checkpointer(directory / "checkpoints", keep=cfg.run.keep_checkpoints)
+    try:
+        state = resume(checkpointer, create_train_state(params, optimizer))
+        step_fn = make_train_step(phase.loss_fn, optimizer, num_micro_batches=phase.num_micro_batches,
+                                  weights=phase.weights, state_sharding=shardings_of(state),
+                                  batch_sharding=exp.batch_sharding())
+        state = fit(phase.name, state, total_updates=phase.num_updates, key=key, make_data=phase.make_data,
+                    train_step=step_fn, log=log, checkpointer=checkpointer,
+                    checkpoint_every=cfg.run.checkpoint_every, log_every=cfg.run.log_every, on_eval=evaluate,
+                    eval_every=cfg.eval.every)
+    finally:
+        checkpointer.close()
+    return state.params
 
 
 def fit(name: str, state: TrainState, *, total_updates: int, key: jax.Array, make_data: Callable,

@@ -20,7 +20,8 @@ from jaxagent.model import GemmaConfig, init_params, load_policy, make_mesh, par
 from jaxagent.model.sharding import BATCH
 from jaxagent.model.policy import DTYPES
 from jaxagent.rollout import AgentLoop
-from jaxagent.text import PromptOptions, load_tokenizer, make_parser, make_renderer, shipped_tokenizer
+from jaxagent.env_kinds import EnvKind, kind_of, make_renderer
+from jaxagent.text import PromptOptions, load_tokenizer, make_parser, shipped_tokenizer
 
 
 @dataclasses.dataclass
@@ -45,9 +46,9 @@ class Experiment:
         return self.renderer.labels
 
     @property
-    def bandit(self) -> bool:
-        """A bandit (arms, counts, regret) rather than a game."""
-        return hasattr(self.env, "num_arms")
+    def kind(self) -> EnvKind:
+        """What the env's kind needs: prompt template, experts, report baselines, metrics, success predicates."""
+        return kind_of(self.env)
 
     def batch_sharding(self) -> NamedSharding:
         """Per-episode arrays: leading axis over the mesh's ("data", "fsdp") axes."""
@@ -90,8 +91,7 @@ def _renderer(env, tokenizer, cfg: ExperimentConfig):
     p = cfg.prompt
     options = PromptOptions(labels=p.arm_labels, cot=p.chain_of_thought, summary=p.context_summary,
                             history_window=p.history_window, legal_actions=p.legal_actions,
-                            max_len=p.max_prompt_tokens,
-                            distribution="Bernoulli" if "bernoulli" in cfg.env.name else "Gaussian")
+                            max_len=p.max_prompt_tokens)
     return make_renderer(env, tokenizer, options, params=env.default_params)
 
 
@@ -130,7 +130,7 @@ def build(cfg: ExperimentConfig) -> Experiment:
     r = cfg.rollout
     exploration = None
     if r.try_all or r.epsilon_greedy:
-        if not hasattr(env, "num_arms"):
+        if not kind_of(env).arms:
             key = "rollout.try_all" if r.try_all else "rollout.epsilon_greedy"
             raise ConfigError(f"config key '{key}': applies to bandits only, not {cfg.env.name}")
         exploration = ExplorationOverride(tokenizer, renderer.labels, env.horizon, r.try_all,
