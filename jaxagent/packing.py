@@ -38,9 +38,10 @@ class PackedEpisodes:
 
 
 def token_mask(traj) -> jax.Array:
-    """[B, T, G]: 1 on each step's generated tokens."""
+    """[B, T, G]: 1 on each active step's generated tokens."""
     G = traj.tokens.shape[-1]
-    return (jnp.arange(G)[None, None, :] < traj.lengths[..., None]).astype(jnp.float32)
+    generated = jnp.arange(G)[None, None, :] < traj.lengths[..., None]
+    return (generated & traj.active[..., None]).astype(jnp.float32)
 
 
 def pack(prefix_tokens: jax.Array, traj, pad_id: int) -> PackedEpisodes:
@@ -50,25 +51,30 @@ def pack(prefix_tokens: jax.Array, traj, pad_id: int) -> PackedEpisodes:
 
 
 def _pack_row(prefix_tokens, row, pad_id):
-    P = prefix_tokens.shape[0]
+    P, S0 = prefix_tokens.shape[0], row.start_tokens.shape[0]
     T, Lh = row.line_tokens.shape
     Lt, G = row.tail_tokens.shape[1], row.tokens.shape[1]
-    S, W = P + T * Lh, Lt + G
+    S, W = P + S0 + T * Lh, Lt + G
 
-    episode = jnp.cumsum(row.first.astype(jnp.int32)) - 1  # [T]
+    first = row.first.astype(jnp.int32)
+    episode = jnp.cumsum(first) - first[0]  # [T], 0 for the first episode (a started row's starts mid-way)
     line_len = row.line_lengths
-    hist_before = jnp.cumsum(line_len) - line_len  # history tokens of this row before this step's line
+    # history tokens of this row before this step's line (a started row's start history first)
+    hist_before = jnp.cumsum(line_len) - line_len + row.start_lengths
     episode_start = jax.lax.cummax(jnp.where(row.first, hist_before, 0))
     line_pos0 = P + hist_before - episode_start  # each episode's history restarts after the prefix
     tail_pos0 = line_pos0 + line_len
 
-    # shared sequence: prefix, then the lines back to back
+    # shared sequence: prefix, the start history, then the lines back to back
+    j0 = jnp.arange(S0, dtype=jnp.int32)
     j = jnp.arange(Lh, dtype=jnp.int32)
-    dest = jnp.where(j[None, :] < line_len[:, None], P + hist_before[:, None] + j[None, :], S).reshape(-1)
-    scatter = lambda base, values: base.at[dest].set(values.reshape(-1), mode="drop")
-    tokens = scatter(jnp.full((S,), pad_id, jnp.int32).at[:P].set(prefix_tokens), row.line_tokens)
-    positions = scatter(jnp.arange(S, dtype=jnp.int32), line_pos0[:, None] + j[None, :])
-    ep = scatter(jnp.full((S,), PADDING, jnp.int32).at[:P].set(PREFIX_EPISODE),
+    dest = jnp.concatenate([jnp.where(j0 < row.start_lengths, P + j0, S),
+                            jnp.where(j[None, :] < line_len[:, None], P + hist_before[:, None] + j[None, :],
+                                      S).reshape(-1)])
+    scatter = lambda base, *values: base.at[dest].set(jnp.concatenate([v.reshape(-1) for v in values]), mode="drop")
+    tokens = scatter(jnp.full((S,), pad_id, jnp.int32).at[:P].set(prefix_tokens), row.start_tokens, row.line_tokens)
+    positions = scatter(jnp.arange(S, dtype=jnp.int32), P + j0, line_pos0[:, None] + j[None, :])
+    ep = scatter(jnp.full((S,), PADDING, jnp.int32).at[:P].set(PREFIX_EPISODE), jnp.zeros((S0,), jnp.int32),
                  jnp.broadcast_to(episode[:, None], (T, Lh)))
     idx = jnp.arange(S)
     key_ok = ep != PADDING

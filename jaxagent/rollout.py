@@ -13,6 +13,10 @@ Per step and per row (all rows at once, no host round-trip)::
 When an episode ends (tic-tac-toe) the row's env auto-resets and its cache rewinds to the end of the prefix,
 so every row keeps playing for ``num_steps`` steps. With a history window shorter than the horizon the oldest
 line leaves the prompt each step, so the prompt is re-prefilled from the start instead.
+
+An episode can also start from given env states (a step of a recorded trajectory, an expert's state, a task's
+opening position): the prompt then holds that state's history, put in the cache before the first step, and each
+row plays that one episode; its steps after the episode ends are inactive (no reset, no reward, no loss).
 """
 from __future__ import annotations
 
@@ -48,11 +52,14 @@ class Trajectory:
     env_rewards: jax.Array  # [B, T]
     train_rewards: jax.Array  # [B, T] env reward + shaping
     first: jax.Array  # [B, T] this step starts an episode (its prompt has no history)
+    active: jax.Array  # [B, T] the step belongs to an episode (False after a started row's episode ended)
     forced: jax.Array  # [B, T] an exploration mechanism wrote this turn (its logprobs are not the model's)
     done: jax.Array  # [B, T] the episode ended with this step
     expected_reward: jax.Array  # [B, T] (bandits; 0 elsewhere)
     best_expected_reward: jax.Array  # [B, T]
     states: Any  # env state before the step, [B, T, ...] — EEF restarts from these
+    start_tokens: jax.Array  # [B, S0] a started row's history before its first step's line (S0 = 0 for resets)
+    start_lengths: jax.Array  # [B]
     prefix_length: jax.Array  # [] shared prompt prefix length
 
 
@@ -100,15 +107,16 @@ class AgentLoop:
             return jax.random.randint(key, (), 0, self.env.num_actions)
         return jax.random.categorical(key, jnp.where(mask, 0.0, -jnp.inf))
 
-    def _env_step(self, key, state, generated, length, env_params):
+    def _env_step(self, key, state, generated, length, env_params, auto_reset: bool = True):
         """Parse, replace invalid outputs by a random legal action, step (auto-resetting), shape the reward."""
         k_random, k_step, k_reset = jax.random.split(key, 3)
         action, valid = self.parser.parse(generated, length, self.legal_mask(state))
         executed = jnp.where(valid, action, self.random_legal_action(k_random, state))
         _, next_state, reward, terminated, truncated, info = self.env.step(k_step, state, executed, env_params)
         done = terminated | truncated
-        _, fresh = self.env.reset(k_reset, env_params)
-        next_state = jax.tree.map(lambda a, b: jnp.where(done, a, b), fresh, next_state)
+        if auto_reset:
+            _, fresh = self.env.reset(k_reset, env_params)
+            next_state = jax.tree.map(lambda a, b: jnp.where(done, a, b), fresh, next_state)
         bonus = 0.0
         if self.exploration_bonus and kind_of(self.env).arms:
             bonus = self.exploration_bonus * (state.counts[executed] == 0)
@@ -139,18 +147,33 @@ class AgentLoop:
         return [(int(a), int(b), r.prefix[1] + (int(b) - 1) * r.line_width + r.tail_width)
                 for a, b in zip(bounds[:-1], bounds[1:])]
 
-    def _play(self, env_params, key, generate, extra, segments):
+    def start_history(self, state, env_params) -> tuple[jax.Array, jax.Array]:
+        """A started row's history before its first step's line: lines ``0 … t−2`` of ``state`` (none for a fresh
+        episode, or with a history window, whose prompts are rendered whole at every step)."""
+        if not self.rewinds:
+            return jnp.zeros((0,), jnp.int32), jnp.int32(0)
+        return self.renderer.history(state, env_params, state.t - 1)
+
+    def _play(self, env_params, key, generate, extra, segments, start=None):
         """The episode scan shared by the model and the experts: ``generate(extra, key, state, first, line,
         tail, history_len) -> (extra, tokens[B, G], logprobs[B, G], lengths[B])`` writes each step's output;
-        ``history_len`` bounds every row's cache end at that step (static), per ``segments`` (see ``_segments``)."""
+        ``history_len`` bounds every row's cache end at that step (static), per ``segments`` (see ``_segments``).
+        ``start``: the rows' first env states (one episode each) instead of a reset."""
         B = jax.tree.leaves(env_params)[0].shape[0]
         k_reset, k_steps = jax.random.split(key)
-        _, state = jax.vmap(self.env.reset)(jax.random.split(k_reset, B), env_params)
+        if start is None:
+            _, state = jax.vmap(self.env.reset)(jax.random.split(k_reset, B), env_params)
+            start_tokens, start_lengths = jnp.zeros((B, 0), jnp.int32), jnp.zeros((B,), jnp.int32)
+        else:
+            state = start
+            start_tokens, start_lengths = jax.vmap(self.start_history)(start, env_params)
+        env_step = functools.partial(self._env_step, auto_reset=start is None)
 
         def step(history_len, carry, key):
-            state, extra = carry
+            state, live, extra = carry
             k_gen, k_env = jax.random.split(key)
             first, line, tail = jax.vmap(self._prompt_pieces)(state, env_params)
+            line = (line[0], jnp.where(live, line[1], 0))  # an ended episode's prompt gains no line
             extra, gen, logp, gen_len = generate(extra, k_gen, state, first, line, tail, history_len)
             forced = jnp.zeros((B,), bool)
             if self.exploration is not None:
@@ -159,22 +182,26 @@ class AgentLoop:
                 gen = jnp.where(forced[:, None], tokens, gen)
                 gen_len = jnp.where(forced, lengths, gen_len)
                 logp = jnp.where(forced[:, None], 0.0, logp)
-            next_state, outs = jax.vmap(self._env_step)(jax.random.split(k_env, B), state, gen, gen_len, env_params)
+            next_state, outs = jax.vmap(env_step)(jax.random.split(k_env, B), state, gen, gen_len, env_params)
             executed, valid, reward, train_reward, done, expected, best = outs
+            reward, train_reward, done = reward * live, train_reward * live, done & live
             record = (line[0], line[1], tail[0], tail[1], gen, logp, gen_len, executed, valid, reward, train_reward,
-                      first, forced, done, expected, best, state)
-            return (next_state, extra), record
+                      first, live, forced, done, expected, best, state)
+            next_live = live if start is None else live & ~done
+            return (next_state, next_live, extra), record
 
-        carry, parts = (state, extra), []
+        carry, parts = (state, jnp.ones((B,), bool), extra), []
         keys = jax.random.split(k_steps, self.num_steps)
-        for start, end, history_len in segments:
-            carry, records = jax.lax.scan(functools.partial(step, history_len), carry, keys[start:end])
+        for first_step, end_step, history_len in segments:
+            carry, records = jax.lax.scan(functools.partial(step, history_len), carry, keys[first_step:end_step])
             parts.append(records)
         records = jax.tree.map(lambda *xs: jnp.swapaxes(jnp.concatenate(xs), 0, 1), *parts)  # batch-major
-        return Trajectory(*records, prefix_length=jnp.int32(self.renderer.prefix[1]))
+        return Trajectory(*records, start_tokens=start_tokens, start_lengths=start_lengths,
+                          prefix_length=jnp.int32(self.renderer.prefix[1]))
 
-    def rollout(self, model_params, env_params, key) -> Trajectory:
-        """Play ``num_steps`` steps with the model in each of the ``B`` env instances of ``env_params``."""
+    def rollout(self, model_params, env_params, key, start=None) -> Trajectory:
+        """Play ``num_steps`` steps with the model in each of the ``B`` env instances of ``env_params``, from a
+        reset or, with ``start`` (env states batched like ``env_params``), from those states, one episode each."""
         r, cfg = self.renderer, self.model_cfg
         B = jax.tree.leaves(env_params)[0].shape[0]
         if self.unroll_layers:
@@ -185,6 +212,16 @@ class AgentLoop:
         cache, _ = sampler.prefill(model_params, cfg, prefix_tokens[None], jnp.full((1,), prefix_len), self.cache_len)
         cache = KVCache(jnp.repeat(cache.k, B, 1), jnp.repeat(cache.v, B, 1), jnp.repeat(cache.end, B))
         shared = prefix_len if self.rewinds else 0
+        end_of_history = jnp.full((B,), prefix_len, jnp.int32)
+        segments = self._segments()
+        if start is not None and self.rewinds:
+            # A started row's earlier history goes into its cache now; its histories then outgrow the bounds of
+            # the segments, which count from an empty history, so the episode decodes over the whole cache.
+            history, history_len = jax.vmap(self.start_history)(start, env_params)
+            cache, _ = sampler.append(model_params, cfg, cache, history, history_len, None, self.unroll_layers,
+                                      shared)
+            end_of_history = end_of_history + history_len
+            segments = [(0, self.num_steps, None)]
 
         def generate(extra, key, state, first, line, tail, history_len):
             cache, end_of_history = extra
@@ -205,15 +242,16 @@ class AgentLoop:
                 history_len=history_len, unroll_layers=self.unroll_layers, shared_prefix=shared)
             return (cache, end_of_history), gen, logp, gen_len
 
-        return self._play(env_params, key, generate, (cache, jnp.full((B,), prefix_len, jnp.int32)), self._segments())
+        return self._play(env_params, key, generate, (cache, end_of_history), segments, start)
 
     def rollout_per_device(self, mesh) -> Callable:
         """``rollout`` jitted as independent episodes on each device of ``mesh``'s batch axes (see
         :func:`jaxagent.model.sharding.rows_per_device`): model parameters replicated, env instances split,
         device ``i`` sampling with ``fold_in(key, i)``. The same call signature as ``rollout``."""
-        def local(model_params, env_params, key):
-            return self.rollout(model_params, env_params, jax.random.fold_in(key, jax.lax.axis_index(BATCH)))
-        return rows_per_device(local, mesh, (False, True, False))
+        def local(model_params, env_params, key, start=None):
+            key = jax.random.fold_in(key, jax.lax.axis_index(BATCH))
+            return self.rollout(model_params, env_params, key, start)
+        return rows_per_device(local, mesh, (False, True, False, True))
 
     def rollout_on(self, mesh) -> Callable:
         """``rollout`` for a mesh: :meth:`rollout_per_device` (jitted) where the mesh only splits rows
@@ -223,8 +261,9 @@ class AgentLoop:
             return self.rollout_per_device(mesh)
         return self.rollout
 
-    def expert_rollout(self, expert, env_params, key) -> Trajectory:
-        """Play with an :class:`jaxagent.experts.Expert`; its reasoning tokens stand where the model's would."""
+    def expert_rollout(self, expert, env_params, key, start=None) -> Trajectory:
+        """Play with an :class:`jaxagent.experts.Expert`; its reasoning tokens stand where the model's would.
+        ``start`` as in :meth:`rollout`."""
         _check_budget(expert.width, self.max_new_tokens, "expert reasoning")
         B = jax.tree.leaves(env_params)[0].shape[0]
         G, pad = self.max_new_tokens, self.renderer.pad_id
@@ -234,7 +273,7 @@ class AgentLoop:
             tokens = _fit(tokens, G, pad)
             return extra, tokens, jnp.zeros(tokens.shape, jnp.float32), lengths
 
-        return self._play(env_params, key, generate, (), [(0, self.num_steps, None)])
+        return self._play(env_params, key, generate, (), [(0, self.num_steps, None)], start)
 
     def jitted(self) -> Callable:
         return jax.jit(self.rollout)

@@ -16,7 +16,9 @@ BASE = ["model.checkpoint=shipped:nano-greedy-base", "model.tokenizer=shipped", 
 SETTINGS = {
     "bandit": ["env.options={num_arms: 5, horizon: 6, sigma: 0.1}", "rollout.exploration_bonus=true",
                "rollout.exploration_bonus_value=2.0", "rollout.unroll_layers=true"],
-    "bandit-window": ["env.options={num_arms: 5, horizon: 6, sigma: 0.1}", "prompt.history_window=2"],
+    # prompts of at most 168 tokens: the window path re-prefills the whole max_prompt_tokens budget every step
+    "bandit-window": ["env.options={num_arms: 5, horizon: 6, sigma: 0.1}", "prompt.history_window=2",
+                      "prompt.max_prompt_tokens=192"],
     # 8 steps against a random opponent: games end and restart inside every row
     "tictactoe": ["env.name=tictactoe", "env.options={opponent: random}", "env.num_steps=8"],
 }
@@ -130,3 +132,52 @@ def test_training_reward_is_the_env_reward_shaped_by_the_configured_terms(played
     np.testing.assert_allclose(traj.train_rewards, np.asarray(traj.env_rewards) + bonus - 3.0 * invalid, rtol=1e-6)
     if setting == "tictactoe":
         assert invalid.any()
+
+
+def _replay(exp, pool, traj, key, k):
+    """The env states after the first ``k`` recorded actions of every row, replayed with the per-row env keys the
+    episode used (no game may end before step ``k``)."""
+    reset, step = jax.jit(exp.env.reset), jax.jit(exp.env.step)
+    k_reset, k_steps = jax.random.split(key)
+    states = []
+    for b in range(B):
+        params = _row(pool, b)
+        _, state = reset(jax.random.split(k_reset, B)[b], params)
+        for key_t, action in zip(jax.random.split(k_steps, exp.train_loop.num_steps)[:k], traj.actions[b, :k]):
+            k_step = jax.random.split(jax.random.split(jax.random.split(key_t)[1], B)[b], 3)[1]
+            _, state, *_ = step(k_step, state, action, params)
+        states.append(state)
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
+@pytest.mark.parametrize("setting, k", [("bandit", 3), ("tictactoe", 1)])
+def test_an_episode_started_from_a_replayed_state_continues_it(played, setting, k):
+    """Rows started from the state after k recorded actions: the same env state as the recording's step k, the
+    prompt the host renders for it (start history in the cache, then the step's line and tail), the recording's
+    greedy text and log-probs at that step, also from the packed scorer; then that one episode only."""
+    from jaxagent.packing import pack, score_packed
+
+    exp, pool, traj, host = played[setting]
+    start = _replay(exp, pool, traj, jax.random.key(2), k)
+    jax.tree.map(_assert_same, start, jax.tree.map(lambda x: np.asarray(x)[:, k], traj.states))
+    resumed = jax.jit(exp.train_loop.rollout)(exp.init_params, pool, jax.random.key(5), start)
+    prefix = np.asarray(exp.renderer.prefix[0]).tolist()
+    for b in range(B):
+        held = np.asarray(resumed.start_tokens[b, :resumed.start_lengths[b]]).tolist()
+        line = np.asarray(resumed.line_tokens[b, 0, :resumed.line_lengths[b, 0]]).tolist()
+        tail = np.asarray(resumed.tail_tokens[b, 0, :resumed.tail_lengths[b, 0]]).tolist()
+        assert prefix + held + line + tail == host[b][k]["prompt"]
+    scored = jax.jit(lambda t: score_packed(exp.init_params, exp.model_cfg,
+                                            pack(exp.renderer.prefix[0], t, exp.tokenizer.pad_id)))(resumed)
+    for b in range(B):
+        n = int(traj.lengths[b, k])
+        assert int(resumed.lengths[b, 0]) == n and (resumed.tokens[b, 0, :n] == traj.tokens[b, k, :n]).all()
+        for logprobs in (resumed.logprobs[b, 0, :n], scored[b, 0, :n]):
+            np.testing.assert_allclose(logprobs, traj.logprobs[b, k, :n], atol=1e-5, rtol=0)
+    # one episode per row: nothing after its end (no reset, no reward, no loss)
+    done, active = np.asarray(resumed.done), np.asarray(resumed.active)
+    ended = np.cumsum(done, axis=1) - done > 0
+    assert (active == ~ended).all() and not np.asarray(resumed.first).any() and done.sum(1).max() == 1
+    assert (np.asarray(resumed.train_rewards)[ended] == 0).all()
+    if setting == "tictactoe":
+        assert ended.any(axis=1).all()  # 8 steps from the agent's second move: every game ends

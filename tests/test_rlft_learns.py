@@ -61,8 +61,10 @@ def _train_and_evaluate(out_dir, seed, control, settings):
 
 
 def learning_runs(out_dir, seeds=SEEDS, settings=SETTINGS):
-    return {f"{seed}-{'control' if control else 'rlft'}": _train_and_evaluate(out_dir, seed, control, settings)
-            for seed in seeds for control in (False, True)}
+    """A learning run per seed and one control (the first seed's: the controls of seeds 0-5 all stayed within
+    0.33-0.60 of best-arm rate, the base's neighbourhood)."""
+    runs = {f"{seed}-rlft": _train_and_evaluate(out_dir, seed, False, settings) for seed in seeds}
+    return {**runs, "control": _train_and_evaluate(out_dir, seeds[0], True, settings)}
 
 
 def test_rlft_raises_the_best_arm_rate_where_zero_advantages_do_not(tmp_path):
@@ -70,11 +72,13 @@ def test_rlft_raises_the_best_arm_rate_where_zero_advantages_do_not(tmp_path):
     # suite's compile-first flags, which more than pays for the longer compiles.
     runs = json.loads(run_on_cpu_devices(1, [__file__, "--learn", str(tmp_path)], optimised=True).splitlines()[-1])
     print(runs)
+    control = runs["control"]["after"]
+    assert abs(control["best_arm"] - runs[f"{SEEDS[0]}-rlft"]["before"]["best_arm"]) < MARGIN, runs
     for seed in SEEDS:
-        learned, control = runs[f"{seed}-rlft"], runs[f"{seed}-control"]
+        learned = runs[f"{seed}-rlft"]
         assert learned["before"]["best_arm"] < 0.65  # the base does not already prefer the better arm
-        assert learned["after"]["best_arm"] > control["after"]["best_arm"] + MARGIN, runs
-        assert learned["after"]["regret"] < control["after"]["regret"], runs
+        assert learned["after"]["best_arm"] > max(control["best_arm"], learned["before"]["best_arm"]) + MARGIN, runs
+        assert learned["after"]["regret"] < control["regret"], runs
 
 
 if __name__ == "__main__" and "--learn" in sys.argv:

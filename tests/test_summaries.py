@@ -18,11 +18,12 @@ def trajectory(actions, env_rewards, valid, done=None, expected=None, best=None)
         line_tokens=one_token, line_lengths=ints, tail_tokens=one_token, tail_lengths=ints, tokens=one_token,
         logprobs=np.zeros(actions.shape + (1,), np.float32), lengths=ints, actions=actions,
         valid=np.asarray(valid, bool), env_rewards=np.asarray(env_rewards, np.float32), train_rewards=zeros,
-        first=np.zeros(actions.shape, bool), forced=np.zeros(actions.shape, bool),
+        first=np.zeros(actions.shape, bool), active=np.ones(actions.shape, bool), forced=np.zeros(actions.shape, bool),
         done=np.zeros(actions.shape, bool) if done is None else np.asarray(done, bool),
         expected_reward=zeros if expected is None else np.asarray(expected, np.float32),
         best_expected_reward=zeros if best is None else np.asarray(best, np.float32),
-        states=ints, prefix_length=np.int32(0))
+        states=ints, start_tokens=np.zeros(actions.shape[:1] + (0,), np.int32),
+        start_lengths=np.zeros(actions.shape[:1], np.int32), prefix_length=np.int32(0))
 
 
 # Two bandit episodes of 4 steps on 3 arms whose best arm pays 0.9 in expectation.

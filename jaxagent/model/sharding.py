@@ -84,15 +84,15 @@ def row_shards(mesh: Mesh) -> int:
 def rows_per_device(fn: Callable, mesh: Mesh, split: Sequence[bool]) -> Callable:
     """``fn`` jitted as one independent call per device over ``mesh``'s batch axes (``shard_map``).
 
-    Argument ``i`` is split along its leading axis (rows) where ``split[i]``, else passed whole to every device.
+    Argument ``i`` is split along its leading axis (rows) where ``split[i]``, else passed whole to every device
+    (trailing arguments may be left out).
     Every output must be 0-d (taken from one device: they must agree) or have rows as its leading axis.
     Unlike ``jit``'s partitioning of ``fn``, the devices never wait for each other inside the call: a decode
     loop's all-rows-done test, for one, would synchronise them at every step. Meant for replicated parameters
     (a data mesh); ``fn`` sees each device's rows only, so anything random in it needs a per-device key.
     """
-    in_specs = tuple(P(BATCH) if s else P() for s in split)
-
     def call(*args):
+        in_specs = tuple(P(BATCH) if s else P() for s in split[:len(args)])
         shards = row_shards(mesh)
         for i, (arg, s) in enumerate(zip(args, split)):
             rows = {a.shape[0] for a in jax.tree.leaves(arg)} if s else set()

@@ -121,6 +121,14 @@ class Renderer:
         state, params = _as_arrays(state, params)
         return join(self._tail_pieces(state, params), self.pad_id)
 
+    def history(self, state, params, end) -> Piece:
+        """History lines ``0 <= i < end`` back to back (width ``horizon * line_width``) and their length."""
+        state, params = _as_arrays(state, params)
+        steps = jnp.arange(self.horizon, dtype=jnp.int32)
+        rows, lengths = jax.vmap(lambda i: self.history_line(state, params, i))(steps)
+        lengths = jnp.where(steps < end, lengths, 0)
+        return join([(rows[i], lengths[i]) for i in range(self.horizon)], self.pad_id)
+
     def render(self, state, params) -> Piece:
         """The whole prompt: tokens[max_len] (padded) and its length."""
         state, params = _as_arrays(state, params)

@@ -42,6 +42,14 @@ def chat_prompt(user_message: str) -> str:
     return user_turn_open() + user_message + model_turn_open()
 
 
+# chat_prompt as a Hugging Face chat template: user turns as they are (no trimming), "assistant" becomes "model".
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\\n' + message['content'] + '<end_of_turn>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class TextTokenizer:
     backend: tokenizers.Tokenizer
@@ -169,6 +177,20 @@ def load_tokenizer(path: str | Path) -> TextTokenizer:
     except Exception as e:  # any parse/IO failure of the tokenizer files
         raise TextError(f"cannot read tokenizer in {path}: {e.__class__.__name__}: {e}") from None
     raise TextError(f"tokenizer directory {path} holds neither tokenizer.json nor tokenizer.model")
+
+
+def save_hf_tokenizer(tokenizer: TextTokenizer, directory: str | Path) -> None:
+    """Write ``tokenizer`` as a Hugging Face tokenizer directory (``tokenizer.json``, its config with the chat
+    template, the special tokens map) and a generation config that stops at ``<eos>`` and ``<end_of_turn>``:
+    with a model's ``config.json`` and weights beside them, ``AutoTokenizer`` and ``generate`` serve it as is."""
+    from transformers import GenerationConfig, PreTrainedTokenizerFast
+
+    hf = PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+                                 unk_token=UNK if tokenizer.backend.token_to_id(UNK) is not None else None,
+                                 additional_special_tokens=[START_OF_TURN, END_OF_TURN], chat_template=CHAT_TEMPLATE)
+    hf.save_pretrained(str(directory))
+    GenerationConfig(bos_token_id=tokenizer.bos_id, eos_token_id=list(tokenizer.stop_ids),
+                     pad_token_id=tokenizer.pad_id).save_pretrained(str(directory))
 
 
 def shipped_tokenizer_path() -> Path:

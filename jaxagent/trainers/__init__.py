@@ -13,7 +13,8 @@ from jaxagent.model.policy import Policy
 from jaxagent.runlog import RunLog
 from jaxagent.trainers.evaluate import Evaluator, print_table, summarise, write_report
 from jaxagent.trainers import rlft, sft
-from jaxagent.trainers.setup import build
+from jaxagent.text.tokenizer import save_hf_tokenizer
+from jaxagent.trainers.setup import build, tokenizer_for
 
 # phase name -> train(exp, params, directory, log, evaluate) -> tuned params
 PHASES = {"sft": sft.train, "rlft": rlft.train}
@@ -100,10 +101,13 @@ def eval_from_config(path, overrides) -> dict:
 
 
 def export_from_config(path, overrides) -> None:
-    """Write a saved policy (``checkpoint=DIR``, as for eval) as a Hugging Face Gemma 2 directory (``out=DIR``)."""
+    """Write a saved policy (``checkpoint=DIR``, as for eval) as a Hugging Face Gemma 2 directory (``out=DIR``):
+    config and weights, the config's tokenizer with the chat template, and a generation config."""
     checkpoint, overrides = _checkpoint_arg(overrides)
     out, overrides = _pop(overrides, "out")
-    _load(checkpoint, load_experiment(path, overrides)).save_hf(out)
+    cfg = load_experiment(path, overrides)
+    _load(checkpoint, cfg).save_hf(out)
+    save_hf_tokenizer(tokenizer_for(cfg), out)
     print(f"exported {checkpoint} -> {out}")
 
 

@@ -79,7 +79,8 @@ def checkpoint_path(value: str) -> Path:
     return path
 
 
-def _tokenizer(cfg: ExperimentConfig):
+def tokenizer_for(cfg: ExperimentConfig):
+    """``model.tokenizer``: a directory, ``shipped``, or (unset) the checkpoint's own, or the shipped one."""
     m = cfg.model
     shipped_model = m.checkpoint is not None and m.checkpoint.startswith(SHIPPED)
     if m.tokenizer == "shipped" or (m.tokenizer is None and (m.checkpoint is None or shipped_model)):
@@ -123,7 +124,7 @@ def build(cfg: ExperimentConfig) -> Experiment:
         env = envs_jax.make_env(cfg.env.name, **cfg.env.options)
     except envs_jax.EnvError as e:
         raise ConfigError(f"config key 'env': {e}") from None
-    tokenizer = _tokenizer(cfg)
+    tokenizer = tokenizer_for(cfg)
     renderer = _renderer(env, tokenizer, cfg)
     parser = make_parser(renderer)
     model_cfg, params = _model(cfg, tokenizer.vocab_size, mesh)
