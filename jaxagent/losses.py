@@ -148,28 +148,11 @@ def sft_nll(logp: jax.Array, mask: jax.Array) -> LossOutput:
     return LossOutput(-jnp.sum(logp * mask), mask.sum(), {})
 
 
-def token_log_probs(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """log softmax(logits)[target] per position, ``[..., V]`` and ``[...]`` → ``[...]`` (float32).
-
-    Gathers one logit and subtracts the log-normaliser, without a full ``[..., V]`` log-softmax array.
-    """
-    logits = jnp.asarray(logits, jnp.float32)
-    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return picked - jax.nn.logsumexp(logits, axis=-1)
-
-
-def token_entropy(logits: jax.Array) -> jax.Array:
-    """Entropy of each next-token distribution, ``[..., V]`` logits → ``[...]``."""
-    logits = jnp.asarray(logits, jnp.float32)
-    log_p = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)
-
-
 def entropy(token_entropies: jax.Array, mask: jax.Array) -> LossOutput:
     """Mean per-token entropy: a diagnostic, or a bonus with a negative weight.
 
-    Pass exact entropies from ``token_entropy(logits)``, or ``-logp`` of tokens sampled on-policy
-    (an unbiased estimate that needs no full-vocabulary pass).
+    Pass exact per-token entropies, or ``-logp`` of tokens sampled on-policy (an unbiased estimate that needs no
+    full-vocabulary pass; what RLFT logs).
     """
     token_entropies, mask = _f32(token_entropies, mask)
     total = jnp.sum(token_entropies * mask)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import optax
 
 from envs_jax.yaml_config import ConfigError
-from jaxagent.experiment import OptimConfig
+from jaxagent.experiment_config import OptimConfig
 
 
 def make_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:

@@ -30,7 +30,7 @@ TESTS = {
     "jaxagent/trainers/rlft.py": ["tests/test_objectives.py", "tests/test_rlft_sharded.py", "tests/test_trainers.py"],
     "jaxagent/trainers/sft.py": ["tests/test_objectives.py", "tests/test_rollout.py", "tests/test_trainers.py"],
     "jaxagent/packing.py": ["tests/test_packing.py", "tests/test_objectives.py", "tests/test_rlft_sharded.py"],
-    "jaxagent/trainers/setup.py": ["tests/test_experiment.py", "tests/test_episode.py", "tests/test_trainers.py"],
+    "jaxagent/trainers/setup.py": ["tests/test_experiment_config.py", "tests/test_episode.py", "tests/test_trainers.py"],
 }
 FLIP = {ast.Lt: ast.GtE, ast.GtE: ast.Lt, ast.Gt: ast.LtE, ast.LtE: ast.Gt, ast.Eq: ast.NotEq, ast.NotEq: ast.Eq,
         ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In}

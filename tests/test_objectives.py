@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import envs_jax
-from jaxagent.experiment import RLConfig
+from jaxagent.experiment_config import RLConfig
 from jaxagent.model import GemmaConfig, init_params
 from jaxagent.model.sampler import score, score_jit
 from jaxagent.rollout import AgentLoop

@@ -10,7 +10,7 @@ import yaml
 
 from jaxagent.checkpoint import Checkpointer, CheckpointNotFoundError
 from envs_jax.yaml_config import ConfigError
-from jaxagent.experiment import ExperimentConfig, OptimConfig
+from jaxagent.experiment_config import ExperimentConfig, OptimConfig
 from jaxagent.losses import LossOutput
 from jaxagent.optim import make_optimizer, make_schedule
 from jaxagent.runlog import RunLog, git_commit, package_versions, progress

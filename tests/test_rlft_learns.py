@@ -31,7 +31,7 @@ def _second_arm_best(env):
 
 def _train_and_evaluate(out_dir, seed, control, settings):
     from jaxagent import metrics
-    from jaxagent.experiment import load_experiment
+    from jaxagent.experiment_config import load_experiment
     from jaxagent.runlog import RunLog
     from jaxagent.trainers import rlft
     from jaxagent.trainers.setup import build

@@ -10,7 +10,7 @@ import optax
 
 import envs_jax
 from cpu_devices import run_on_cpu_devices
-from jaxagent.experiment import RLConfig
+from jaxagent.experiment_config import RLConfig
 from jaxagent.model import GemmaConfig, init_params
 from jaxagent.rollout import AgentLoop
 from jaxagent.text.bandit_prompt import BanditRenderer

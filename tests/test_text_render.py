@@ -51,11 +51,11 @@ def row(tree, b):
 
 @pytest.mark.parametrize("template", sorted(TEMPLATES))
 @pytest.mark.parametrize("tokenizer_name", sorted(TOKENIZERS))
-def test_render_is_token_exact_on_1024_random_states(tokenizer_name, template):
+def test_render_is_token_exact_on_512_random_states(tokenizer_name, template):
     r = renderer(tokenizer_name, template)
     render = jax.jit(jax.vmap(r.render))
     rng = np.random.default_rng(zlib.crc32(f"{tokenizer_name}/{template}".encode()))
-    for _ in range(4):
+    for _ in range(2):
         states, params = r.sample(rng, 256)
         tokens, lengths = map(np.asarray, render(states, params))
         for b in range(256):

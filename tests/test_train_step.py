@@ -10,7 +10,6 @@ import pytest
 
 from cpu_devices import run_on_cpu_devices
 from jaxagent import losses
-from jaxagent.losses import token_entropy
 from jaxagent.train_step import (NonFiniteError, accumulate_gradients, create_train_state, make_train_step,
                                  raise_if_nonfinite, shardings_of)
 
@@ -40,7 +39,7 @@ def loss_fn(params, batch):
     return {"ppo_clip": losses.ppo_clip(logp, batch["old_logp"], batch["adv"], mask),
             "kl": losses.kl(logp, batch["ref_logp"], mask, estimator="k3"),
             "value": losses.value(values, batch["returns"]),
-            "entropy": losses.entropy(token_entropy(logits), mask)}
+            "entropy": losses.entropy(-jnp.sum(jax.nn.softmax(logits) * jax.nn.log_softmax(logits), -1), mask)}
 
 
 def make_batch(params, seed, rows=16):
@@ -169,7 +168,7 @@ def _mesh_equivalence():
     """Run in a subprocess with 8 fake CPU devices: 3 Adafactor updates on a (4,2,1) mesh against 1 device."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-    from jaxagent.experiment import OptimConfig
+    from jaxagent.experiment_config import OptimConfig
     from jaxagent.optim import make_optimizer
 
     assert jax.device_count() == 8

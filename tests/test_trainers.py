@@ -13,7 +13,7 @@ from cpu_devices import run_on_cpu_devices
 from fixtures.make_gemma2_fixture import FIXTURE_DIR
 
 from envs_jax.yaml_config import ConfigError
-from jaxagent.experiment import load_experiment
+from jaxagent.experiment_config import load_experiment
 from jaxagent.model.config import CheckpointError
 from jaxagent.runlog import RunLog
 from jaxagent.trainers import loop, rlft, sft
@@ -272,13 +272,13 @@ def test_the_command_line_names_a_bad_checkpoint_in_one_line(tmp_path, capsys, w
 def test_the_quickstart_starts_from_the_shipped_nano_base_with_the_shipped_tokenizer():
     from jaxagent.model import GemmaConfig, load_policy
     from jaxagent.text import shipped_tokenizer
-    from jaxagent.trainers.setup import _tokenizer, checkpoint_path
+    from jaxagent.trainers.setup import tokenizer_for, checkpoint_path
 
     cfg = load_experiment(Path(__file__).parents[1] / "configs" / "quickstart.yaml", [])
     assert cfg.model.checkpoint == "shipped:nano-greedy-base"
     policy = load_policy(checkpoint_path(cfg.model.checkpoint))
     assert policy.cfg == GemmaConfig.preset("nano")
-    assert _tokenizer(load_experiment(None, ["model.checkpoint=shipped:nano-greedy-base"])) is shipped_tokenizer()
+    assert tokenizer_for(load_experiment(None, ["model.checkpoint=shipped:nano-greedy-base"])) is shipped_tokenizer()
 
 
 def _per_device_rollout_against_one_device_each(exp):

@@ -1,5 +1,5 @@
 """Gemma 2 policy: architecture, multi-turn KV-cache sampler, checkpoints (HF, Orbax) and sharding rules."""
-from jaxagent.model.checkpoint import load_hf, load_orbax, save_hf, save_orbax
+from jaxagent.model.weights import load_hf, load_orbax, save_hf, save_orbax
 from jaxagent.model.config import CheckpointError, GemmaConfig
 from jaxagent.model.gemma import KVCache, forward, hidden_states, init_cache, init_params, transformer, unembed, value
 from jaxagent.model.policy import Policy, load_policy

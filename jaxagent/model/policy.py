@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxagent.model import checkpoint, sharding
+from jaxagent.model import sharding, weights
 from jaxagent.model.config import CheckpointError, GemmaConfig
 from jaxagent.model.gemma import forward
 from jaxagent.model.sampler import generate
@@ -57,11 +57,11 @@ class Policy:
         return toks, logps, lens
 
     def save_hf(self, path, dtype=None) -> None:
-        checkpoint.save_hf(self.params, self.cfg, path, dtype)
+        weights.save_hf(self.params, self.cfg, path, dtype)
 
     def save(self, path) -> None:
         """Orbax checkpoint, readable by ``load_policy``."""
-        checkpoint.save_orbax(self.params, self.cfg, path)
+        weights.save_orbax(self.params, self.cfg, path)
 
 
 def load_policy(path, dtype: str = "float32", mesh: jax.sharding.Mesh | None = None) -> Policy:
@@ -69,19 +69,19 @@ def load_policy(path, dtype: str = "float32", mesh: jax.sharding.Mesh | None = N
     path = Path(path)
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
-    if (path / checkpoint.ORBAX_CONFIG).is_file():
-        cfg = GemmaConfig(**json.loads((path / checkpoint.ORBAX_CONFIG).read_text()))
-        loader = checkpoint.load_orbax
+    if (path / weights.ORBAX_CONFIG).is_file():
+        cfg = GemmaConfig(**json.loads((path / weights.ORBAX_CONFIG).read_text()))
+        loader = weights.load_orbax
     elif (path / "config.json").is_file():
-        cfg = checkpoint.read_hf_config(path)
-        loader = checkpoint.load_hf
+        cfg = weights.read_hf_config(path)
+        loader = weights.load_hf
     else:
         raise CheckpointError(f"{path}: neither a Hugging Face directory (config.json) "
-                              f"nor a jaxagent Orbax checkpoint ({checkpoint.ORBAX_CONFIG})")
+                              f"nor a jaxagent Orbax checkpoint ({weights.ORBAX_CONFIG})")
     shardings = None
     if mesh is not None:
         shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, np.float32),
-                              checkpoint.param_shapes(cfg), is_leaf=lambda s: isinstance(s, tuple))
+                              weights.param_shapes(cfg), is_leaf=lambda s: isinstance(s, tuple))
         shardings = sharding.param_shardings(mesh, shapes)
     cfg, params = loader(path, DTYPES[dtype], shardings)
     return Policy(cfg, params)

@@ -1,5 +1,5 @@
 """``jaxagent train|eval|export CONFIG [key=value ...]``: the trainers (``trainer`` in the config names one of
-``jaxagent.experiment.TRAINERS``, a sequence of the phases below), with paired evaluation."""
+``jaxagent.experiment_config.TRAINERS``, a sequence of the phases below), with paired evaluation."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from jaxagent.checkpoint import Checkpointer, is_step_directory
 from envs_jax.yaml_config import ConfigError
-from jaxagent.experiment import TRAINERS, load_experiment
+from jaxagent.experiment_config import TRAINERS, load_experiment
 from jaxagent.model import load_policy
 from jaxagent.model.policy import Policy
 from jaxagent.runlog import RunLog

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from jaxagent import advantages as adv_lib
 from jaxagent import losses, metrics
-from jaxagent.experiment import RLConfig
+from jaxagent.experiment_config import RLConfig
 from jaxagent.model.config import GemmaConfig
 from jaxagent.packing import pack, score_packed, token_mask
 from jaxagent.runlog import RunLog

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 import envs_jax
 from envs_jax.yaml_config import ConfigError
-from jaxagent.experiment import ExperimentConfig
+from jaxagent.experiment_config import ExperimentConfig
 from jaxagent.experts import ExplorationOverride
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 

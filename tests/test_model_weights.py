@@ -10,7 +10,7 @@ import pytest
 import jaxagent
 from fixtures.make_gemma2_fixture import FIXTURE_DIR
 from jaxagent.model import CheckpointError, GemmaConfig, init_params, load_hf, load_orbax, save_hf, save_orbax
-from jaxagent.model import checkpoint
+from jaxagent.model import weights
 
 
 def _trees_equal(a, b):
@@ -32,8 +32,8 @@ def test_export_then_import_is_exact_and_matches_hf_tensors(tmp_path):
     cfg2, params2 = load_hf(tmp_path / "out")
     assert cfg2 == cfg
     _trees_equal(params, params2)
-    ours = checkpoint.SafetensorsFile(tmp_path / "out" / "model.safetensors")
-    theirs = checkpoint.SafetensorsFile(FIXTURE_DIR / "model.safetensors")
+    ours = weights.SafetensorsFile(tmp_path / "out" / "model.safetensors")
+    theirs = weights.SafetensorsFile(FIXTURE_DIR / "model.safetensors")
     assert set(ours.entries) == set(theirs.entries)
     for name in theirs.entries:
         np.testing.assert_array_equal(ours.get(name), theirs.get(name))
@@ -41,7 +41,7 @@ def test_export_then_import_is_exact_and_matches_hf_tensors(tmp_path):
 
 def test_sharded_export_writes_an_index_and_reloads(tmp_path, monkeypatch):
     cfg, params = load_hf(FIXTURE_DIR)
-    monkeypatch.setattr(checkpoint, "MAX_SHARD_BYTES", 60_000)
+    monkeypatch.setattr(weights, "MAX_SHARD_BYTES", 60_000)
     save_hf(params, cfg, tmp_path, dtype=jnp.bfloat16)
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
     assert len(set(index["weight_map"].values())) > 2
@@ -76,7 +76,7 @@ def test_load_policy_hf_logits_generate_and_save_hf(tmp_path):
 
 
 def _rewrite_without(src, dst, drop=None, reshape=None):
-    f = checkpoint.SafetensorsFile(src)
+    f = weights.SafetensorsFile(src)
     tensors = {}
     for name in f.entries:
         if name == drop:
@@ -85,7 +85,7 @@ def _rewrite_without(src, dst, drop=None, reshape=None):
         if name == reshape:
             arr = arr[:-1]
         tensors[name] = (arr.shape, arr.dtype, lambda a=arr: a)
-    checkpoint.write_safetensors(dst, tensors)
+    weights.write_safetensors(dst, tensors)
 
 
 def test_missing_tensor_is_one_clear_error(hf_dir):

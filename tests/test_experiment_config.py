@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from envs_jax.yaml_config import ConfigError, to_dict
-from jaxagent.experiment import ExperimentConfig, load_experiment
+from jaxagent.experiment_config import ExperimentConfig, load_experiment
 
 
 def test_defaults_are_the_paper_settings():
@@ -103,7 +103,7 @@ def test_build_hands_every_prompt_and_rollout_setting_to_the_episode():
 def test_every_trainer_and_advantage_name_the_config_accepts_has_an_implementation():
     import typing
 
-    from jaxagent.experiment import TRAINERS, RLConfig
+    from jaxagent.experiment_config import TRAINERS, RLConfig
     from jaxagent.trainers import PHASES
     from jaxagent.trainers.rlft import ADVANTAGES
 

@@ -1,4 +1,4 @@
-"""Checkpoints: Hugging Face ``google/gemma-2-*`` directories (import and export) and Orbax.
+"""Model weights on disk: Hugging Face ``google/gemma-2-*`` directories (import and export) and Orbax.
 
 HF import checks every tensor's presence, shape and file extent before anything is loaded, then builds each
 parameter straight into its target sharding: every device shard is read from the memory-mapped safetensors
