@@ -48,4 +48,4 @@ base: $(BIN)/jaxagent
 		out=jaxagent/assets/nano-greedy-base
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .jax_cache
+	rm -rf $(VENV) runs .pytest_cache .jax_cache .test_cache

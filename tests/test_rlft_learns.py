@@ -51,9 +51,9 @@ def _train_and_evaluate(out_dir, seed, control, settings):
     finally:
         rlft.ADVANTAGES["rewards_to_go_mc"] = real
     runs = [("after", tuned)] if control else [("before", exp.init_params), ("after", tuned)]
-    out = {}
+    out, play = {}, jax.jit(exp.eval_loop.rollout)
     for name, params in runs:  # the control's "before" is the learning run's: same base, instances and keys
-        traj = jax.jit(exp.eval_loop.rollout)(params, held_out, key)
+        traj = play(params, held_out, key)
         regret = metrics.cumulative_regret(traj.expected_reward, traj.best_expected_reward)[:, -1]
         out[name] = {"best_arm": float(np.mean(np.asarray(traj.actions) == 1)), "regret": float(regret.mean()),
                      "valid": float(np.mean(np.asarray(traj.valid)))}

@@ -1,4 +1,6 @@
 """The jitted ``ACTION=X`` parser agrees with the reference regex on decoded text, for both tokenizers."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,8 +29,14 @@ def parser(tokenizer_name, label_set):
     return _PARSERS[key]
 
 
+@functools.lru_cache(maxsize=None)
+def _batched(p):
+    """One jitted, batched parse per parser: every example of a property test reuses its program."""
+    return jax.jit(jax.vmap(p.parse))
+
+
 def parse_batch(p, ids, lengths, legal=None):
-    fn = jax.jit(jax.vmap(p.parse)) if legal is None else jax.jit(jax.vmap(p.parse))
+    fn = _batched(p)
     args = (jnp.asarray(ids, jnp.int32), jnp.asarray(lengths, jnp.int32))
     action, valid = fn(*args) if legal is None else fn(*args, jnp.asarray(legal))
     return [int(a) if v else None for a, v in zip(np.asarray(action), np.asarray(valid))]

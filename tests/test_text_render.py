@@ -1,5 +1,6 @@
 """Jitted prompt rendering equals ``tokenizer.encode(render_text(state))`` token for token, for every template,
 for the shipped BPE and a Gemma-style SentencePiece tokenizer; the text itself has the paper's format."""
+import functools
 import re
 import zlib
 
@@ -45,6 +46,14 @@ def renderer(tokenizer_name, template):
     return _RENDERERS[key]
 
 
+@functools.lru_cache(maxsize=None)
+def pieces_of(r):
+    """Jitted, batched ``history_line`` over every step and ``tail``, once per renderer (hypothesis examples
+    reuse them)."""
+    lines = jax.jit(jax.vmap(jax.vmap(r.history_line, in_axes=(None, None, 0)), in_axes=(0, 0, None)))
+    return lines, jax.jit(jax.vmap(r.tail))
+
+
 def row(tree, b):
     return jax.tree.map(lambda x: np.asarray(x)[b], tree)
 
@@ -73,9 +82,9 @@ def test_prefix_lines_tail_concatenate_to_the_prompt(tokenizer_name, template, s
     r = renderer(tokenizer_name, template)
     states, params = r.sample(np.random.default_rng(seed), 16)
     steps = jnp.arange(r.horizon)
-    line = jax.jit(jax.vmap(jax.vmap(r.history_line, in_axes=(None, None, 0)), in_axes=(0, 0, None)))
+    line, tail = pieces_of(r)
     rows, row_lengths = map(np.asarray, line(states, params, steps))
-    tails, tail_lengths = map(np.asarray, jax.jit(jax.vmap(r.tail))(states, params))
+    tails, tail_lengths = map(np.asarray, tail(states, params))
     assert rows.shape[-1] == r.line_width and tails.shape[-1] == r.tail_width
     for b in range(16):
         state, param = row(states, b), None if params is None else row(params, b)

@@ -4,10 +4,12 @@ Also provides the Gemma-style SentencePiece tokenizer the other text tests use (
 """
 import functools
 import hashlib
+import inspect
 import json
 import re
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +39,18 @@ def build_gemma_like(directory) -> None:
 
 @functools.lru_cache(maxsize=1)
 def gemma_like():
-    """The Gemma-style tokenizer, built once per test process (other text tests import this)."""
-    directory = Path(tempfile.mkdtemp(prefix="gemma_like_"))
-    build_gemma_like(directory)
+    """The Gemma-style tokenizer (other text tests import this), trained once per version of ``build_gemma_like``
+    and kept in the ignored ``.test_cache/``: the suite's processes share it instead of training it each."""
+    version = zlib.crc32(inspect.getsource(build_gemma_like).encode())
+    directory = Path(__file__).resolve().parent.parent / ".test_cache" / f"gemma_like_{version:08x}"
+    if not (directory / "tokenizer.model").is_file():
+        directory.parent.mkdir(exist_ok=True)
+        fresh = Path(tempfile.mkdtemp(prefix="gemma_like_", dir=directory.parent))
+        build_gemma_like(fresh)
+        try:
+            fresh.rename(directory)  # atomic; another process may have put its copy there first
+        except OSError:
+            shutil.rmtree(fresh)
     return load_tokenizer(directory)
 
 
