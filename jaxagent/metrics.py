@@ -61,7 +61,7 @@ def rollout_summary(traj, num_actions: int) -> dict[str, jax.Array]:
     """Means over a rollout's rows, logged while training: rewards per row (env and shaped), invalid rate,
     generated length, final regret and coverage."""
     return {"env_reward": traj.env_rewards.sum(1).mean(), "train_reward": traj.train_rewards.sum(1).mean(),
-            "invalid_rate": invalid_rate(traj.valid), "generated_length": traj.lengths.mean(),
+            "invalid_rate": invalid_rate(traj.valid, traj.active), "generated_length": traj.lengths.mean(),
             "regret": cumulative_regret(traj.expected_reward, traj.best_expected_reward)[:, -1].mean(),
             "coverage": action_coverage(traj.actions, num_actions)[:, -1].mean()}
 

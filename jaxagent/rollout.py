@@ -185,6 +185,7 @@ class AgentLoop:
             next_state, outs = jax.vmap(env_step)(jax.random.split(k_env, B), state, gen, gen_len, env_params)
             executed, valid, reward, train_reward, done, expected, best = outs
             reward, train_reward, done = reward * live, train_reward * live, done & live
+            expected, best = expected * live, best * live  # no regret after a started row's episode
             record = (line[0], line[1], tail[0], tail[1], gen, logp, gen_len, executed, valid, reward, train_reward,
                       first, live, forced, done, expected, best, state)
             next_live = live if start is None else live & ~done

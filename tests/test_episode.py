@@ -177,4 +177,5 @@ def test_an_episode_started_from_a_replayed_state_continues_it(played, k=3):
     done, active = np.asarray(resumed.done), np.asarray(resumed.active)
     ended = np.cumsum(done, axis=1) - done > 0
     assert (active == ~ended).all() and not np.asarray(resumed.first).any() and done.sum(1).max() == 1
-    assert (np.asarray(resumed.train_rewards)[ended] == 0).all() and ended.any(axis=1).all()
+    assert ended.any(axis=1).all() and (np.asarray(resumed.train_rewards)[ended] == 0).all()
+    assert (np.asarray(resumed.best_expected_reward)[ended] == np.asarray(resumed.expected_reward)[ended]).all()

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
-from jaxagent.checkpoint import Checkpointer, is_step_directory
 from envs_jax.yaml_config import ConfigError
+from jaxagent.checkpoint import Checkpointer, is_step_directory
 from jaxagent.experiment_config import TRAINERS, load_experiment
 from jaxagent.model import load_policy
 from jaxagent.model.policy import Policy
 from jaxagent.runlog import RunLog
-from jaxagent.trainers.evaluate import Evaluator, print_table, summarise, write_report
-from jaxagent.trainers import rlft, sft
 from jaxagent.text.tokenizer import save_hf_tokenizer
+from jaxagent.trainers import rlft, sft
+from jaxagent.trainers.evaluate import Evaluator, print_table, summarise, write_report
 from jaxagent.trainers.setup import build, tokenizer_for
 
 # phase name -> train(exp, params, directory, log, evaluate) -> tuned params
@@ -28,7 +27,7 @@ def _baselines(exp, evaluator: Evaluator) -> dict:
 def _eval_scalars(evaluator: Evaluator):
     def scalars(params):
         s = summarise(evaluator.model(params))
-        return {f"{metric}": row["mean"] for metric, row in s.items()}
+        return {metric: row["mean"] for metric, row in s.items()}
     return scalars
 
 

@@ -18,13 +18,13 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from envs_jax.yaml_config import ConfigError
 from jaxagent import advantages as adv_lib
 from jaxagent import losses, metrics
 from jaxagent.experiment_config import RLConfig
 from jaxagent.model.config import GemmaConfig
 from jaxagent.packing import pack, score_packed, token_mask
 from jaxagent.runlog import RunLog
-from envs_jax.yaml_config import ConfigError
 from jaxagent.trainers.loop import (Phase, check_batch_split, check_growing_history, draw, episodes_per_update,
                                     micro_batches, run_phase, split_updates)
 
