@@ -1,8 +1,8 @@
 """What jaxagent does differently for each kind of env, in one table looked up through ``env.kind``.
 
 An entry gives the kind's prompt template, its experts (with rationales) for cloning, the reference players a
-report shows, whether its episodes are games (win / draw / loss) or have arms that exploration mechanisms act on,
-whether its states carry a legal-move mask, and its success predicates. Code asks the table, never the env's name.
+report shows, whether its episodes are games (win / draw / loss, legal moves) or bandits (arms that exploration
+mechanisms act on), and its success predicates. Code asks the table, never the env's name.
 """
 from __future__ import annotations
 
@@ -19,26 +19,25 @@ from jaxagent.text import (BanditRenderer, ContextualRenderer, PromptOptions, Te
 class EnvKind:
     renderer: Callable[..., Any]  # (env, tokenizer, options, params) -> the prompt renderer
     experts: tuple[str, ...]      # the experts ``sft.expert`` may name
-    arms: bool                    # per-arm counts: try-all, ε-greedy, action noise, the exploration bonus, greediness
-    games: bool                   # episodes end in a win, a draw or a loss
-    legal_moves: bool             # states carry ``legal_mask``; an invalid output becomes a random legal move
+    games: bool                   # episodes end in a win, a draw or a loss; states carry ``legal_mask`` (else: a
+                                  # bandit, whose per-arm counts exploration mechanisms and greediness read)
     baselines: Mapping[str, str]  # report name -> expert, played with the kind's report settings
     successes: Mapping[str, Callable[..., Any]]  # name -> success(traj, threshold) -> bool [B]
 
+    @property
+    def arms(self) -> bool:
+        return not self.games
+
     def expert(self, env, tokenizer, labels, name: str, reasoning: bool = True, stats: bool = True):
-        """The expert ``name`` writing ``rationale + ACTION=X`` (``reasoning``) or the action alone."""
-        if name not in self.experts:
-            raise TextError(f"expert {name!r} is not one for env {env.name!r} (expected one of {self.experts})")
+        """The expert ``name`` (one of ``experts`` or ``baselines``' values) writing ``rationale + ACTION=X``
+        (``reasoning``) or the action alone."""
         if self.games:
             return MinimaxExpert(env, tokenizer, labels, reasoning)
         return Expert(name, tokenizer, labels, env.horizon, stats=stats, reasoning=reasoning)
 
     def baseline_experts(self, env, tokenizer, labels) -> dict:
         """The reference players of reports: bandit experts with their rationale, minimax with the action alone."""
-        if self.games:
-            return {report: MinimaxExpert(env, tokenizer, labels, reasoning=False)
-                    for report in self.baselines}
-        return {report: Expert(name, tokenizer, labels, env.horizon, stats=False)
+        return {report: self.expert(env, tokenizer, labels, name, reasoning=self.arms, stats=False)
                 for report, name in self.baselines.items()}
 
 
@@ -64,12 +63,11 @@ _REGRET = {"regret_below": lambda traj, threshold: metrics.regret_below(traj.exp
 _BANDIT_BASELINES = {"random": "random", "ucb": "ucb", "greedy_expert": "greedy"}
 
 KINDS: dict[str, EnvKind] = {
-    "bandit": EnvKind(_bandit_renderer, experts=("ucb", "greedy"), arms=True, games=False, legal_moves=False,
-                      baselines=_BANDIT_BASELINES, successes=_REGRET),
-    "contextual_bandit": EnvKind(_contextual_renderer, experts=("ucb", "greedy"), arms=True, games=False,
-                                 legal_moves=False, baselines=_BANDIT_BASELINES, successes=_REGRET),
-    "game": EnvKind(_tictactoe_renderer, experts=("minimax",), arms=False, games=True, legal_moves=True,
-                    baselines={"minimax": "minimax"},
+    "bandit": EnvKind(_bandit_renderer, experts=("ucb", "greedy"), games=False, baselines=_BANDIT_BASELINES,
+                      successes=_REGRET),
+    "contextual_bandit": EnvKind(_contextual_renderer, experts=("ucb", "greedy"), games=False,
+                                 baselines=_BANDIT_BASELINES, successes=_REGRET),
+    "game": EnvKind(_tictactoe_renderer, experts=("minimax",), games=True, baselines={"minimax": "minimax"},
                     successes={"win": lambda traj, threshold=None: metrics.won_first_game(traj.env_rewards, traj.done),
                                "not_lose": lambda traj, threshold=None: metrics.did_not_lose_first_game(
                                    traj.env_rewards, traj.done)}),

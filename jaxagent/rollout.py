@@ -99,7 +99,7 @@ class AgentLoop:
 
     def legal_mask(self, state):
         """The state's legal moves, or None where every action is legal."""
-        return state.legal_mask if kind_of(self.env).legal_moves else None
+        return state.legal_mask if kind_of(self.env).games else None
 
     def random_legal_action(self, key, state):
         mask = self.legal_mask(state)

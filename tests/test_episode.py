@@ -29,6 +29,11 @@ def _row(tree, *index):
     return jax.tree.map(lambda x: np.asarray(x)[index], tree)
 
 
+def _row_step_keys(key_t, b):
+    """Row ``b``'s (random action, env step, reset) keys at a step, derived from the step's key as the episode does."""
+    return jax.random.split(jax.random.split(jax.random.split(key_t)[1], B)[b], 3)
+
+
 def _host_episode(exp, model_params, env_params, key, b):
     """Row ``b`` of ``AgentLoop.rollout(model_params, pool, key)``, played step by step on the host."""
     loop, tok, env = exp.train_loop, exp.tokenizer, exp.env
@@ -47,7 +52,7 @@ def _host_episode(exp, model_params, env_params, key, b):
         legal = getattr(state, "legal_mask", None)
         action = exp.parser.parse_reference(np.asarray(gen[0, :n]).tolist(),
                                             None if legal is None else np.asarray(legal))
-        k_random, k_step, k_next = jax.random.split(jax.random.split(jax.random.split(key_t)[1], B)[b], 3)
+        k_random, k_step, k_next = _row_step_keys(key_t, b)
         valid = action is not None
         if not valid and legal is None:
             action = int(jax.random.randint(k_random, (), 0, env.num_actions))
@@ -144,8 +149,7 @@ def _replay(exp, pool, traj, key, k):
         params = _row(pool, b)
         _, state = reset(jax.random.split(k_reset, B)[b], params)
         for key_t, action in zip(jax.random.split(k_steps, exp.train_loop.num_steps)[:k], traj.actions[b, :k]):
-            k_step = jax.random.split(jax.random.split(jax.random.split(key_t)[1], B)[b], 3)[1]
-            _, state, *_ = step(k_step, state, action, params)
+            _, state, *_ = step(_row_step_keys(key_t, b)[1], state, action, params)
         states.append(state)
     return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
