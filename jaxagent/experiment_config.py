@@ -61,6 +61,7 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"
     value_head: bool = False               # state-value head on the last hidden state (GAE)
     mesh: tuple[int, int, int] = (-1, 1, 1)  # (data, fsdp, tensor) sizes; -1 = the remaining devices
+    kernels: Literal["auto", "cpu", "plain"] = "auto"  # decode kernels: auto = the CPU ones on CPU, plain elsewhere
 
     def validate(self) -> None:
         sizes = self.mesh

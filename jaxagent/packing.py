@@ -19,7 +19,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxagent.model.config import GemmaConfig
-from jaxagent.model.gemma import as_block, transformer, unembed, value
+from jaxagent.model.gemma import transformer, unembed, value
+from jaxagent.model.kv_cache import as_block
 from jaxagent.model.sampler import token_logprobs
 
 PREFIX_EPISODE, PADDING = -1, -2
@@ -102,7 +103,7 @@ def score_packed(params, cfg: GemmaConfig, packed: PackedEpisodes, *, temperatur
     B, T, W = packed.private_tokens.shape
     _, k, v = transformer(params, cfg, packed.shared_tokens, packed.shared_positions, self_mask=packed.shared_mask)
     # Each episode row's shared keys/values serve its T step rows as they are, without a per-step copy.
-    block = as_block(k, v, packed.shared_positions, packed.visible.reshape(B * T, -1))
+    block = as_block(cfg, k, v, packed.shared_positions, packed.visible.reshape(B * T, -1))
     h, _, _ = transformer(params, cfg, packed.private_tokens.reshape(B * T, W),
                           packed.private_positions.reshape(B * T, W), blocks=(block,))
     tail = packed.tail_lengths.reshape(B * T, 1)

@@ -30,9 +30,9 @@ import numpy as np
 from flax import struct
 
 from jaxagent.env_kinds import kind_of
-from jaxagent.model import sampler
+from jaxagent.model import cpu_kernels, sampler
 from jaxagent.model.config import GemmaConfig
-from jaxagent.model.gemma import KVCache
+from jaxagent.model.kv_cache import KVCache, rewind
 from jaxagent.model.sharding import BATCH, rows_per_device
 from jaxagent.text.fragments import join
 
@@ -142,7 +142,7 @@ class AgentLoop:
         if not self.rewinds:
             return [(0, self.num_steps, None)]
         r = self.renderer
-        parts = self.history_segments or (8 if jax.default_backend() == "cpu" else 1)
+        parts = self.history_segments or (cpu_kernels.HISTORY_SEGMENTS if cpu_kernels.active(self.model_cfg) else 1)
         bounds = np.linspace(0, self.num_steps, min(parts, self.num_steps) + 1).astype(int)
         return [(int(a), int(b), r.prefix[1] + (int(b) - 1) * r.line_width + r.tail_width)
                 for a, b in zip(bounds[:-1], bounds[1:])]
@@ -229,11 +229,11 @@ class AgentLoop:
             if self.rewinds:
                 start = jnp.where(first, prefix_len, end_of_history)
                 new, new_len = jax.vmap(lambda l, ll, t, tl: join([(l, ll), (t, tl)], r.pad_id))(*line, *tail)
-                cache = sampler.rewind(cache, start)
+                cache = rewind(cache, start)
                 end_of_history = start + line[1]
             else:
                 new, new_len = jax.vmap(r.render)(state, env_params)
-                cache = sampler.rewind(cache, jnp.zeros((B,), jnp.int32))
+                cache = rewind(cache, jnp.zeros((B,), jnp.int32))
             # The history before this step's append is at most as long as the bound after it.
             cache, logits = sampler.append(model_params, cfg, cache, new, new_len, history_len, self.unroll_layers,
                                            shared)

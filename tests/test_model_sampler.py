@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from fixtures.make_gemma2_fixture import FIXTURE_DIR
-from jaxagent.model import forward, gemma, generate, init_cache, load_hf, prefill, rewind, sample, score
+from jaxagent.model import cpu_kernels, forward, gemma, generate, init_cache, load_hf, prefill, rewind, sample, score
+from jaxagent.model.kv_cache import as_block
 from jaxagent.model.sampler import append_jit, sample_jit, score_jit, unrolled
 
 G = 4
@@ -57,7 +58,7 @@ def _ragged(rng, lengths, vocab, width=None):
 def values_read_once(monkeypatch):
     """Decode attention with every query head of a group in one product over the values (as for values too large
     for the cache), instead of one product per head."""
-    monkeypatch.setattr(gemma, "PER_HEAD_VALUES_BYTES", 0)
+    monkeypatch.setattr(cpu_kernels, "PER_HEAD_VALUES_BYTES", 0)
     jax.clear_caches()  # jitted functions traced with the default must be traced again
     yield
     jax.clear_caches()
@@ -275,8 +276,6 @@ def test_self_mask_packs_independent_sequences_in_one_row(model):
 
 def test_block_shared_by_several_rows_equals_each_rows_own_context(model):
     """Block row i serves query rows 3i..3i+2; each query row sees its own prefix of the block's keys."""
-    from jaxagent.model.gemma import as_block
-
     cfg, params = model
     rng = np.random.default_rng(7)
     P, W, R = 20, 5, 3
@@ -284,7 +283,7 @@ def test_block_shared_by_several_rows_equals_each_rows_own_context(model):
     chunks = rng.integers(3, cfg.vocab_size, size=(2 * R, W)).astype(np.int32)
     seen = np.array([P, P - 4, 9, P, 1, P - 7])  # shared keys visible to each query row
     _, k, v = _transformer(params, cfg, jnp.asarray(shared), jnp.broadcast_to(jnp.arange(P), (2, P)))
-    block = as_block(k, v, jnp.broadcast_to(jnp.arange(P), (2, P)), jnp.asarray(np.arange(P)[None, :] < seen[:, None]))
+    block = as_block(cfg, k, v, jnp.broadcast_to(jnp.arange(P), (2, P)), jnp.asarray(np.arange(P)[None, :] < seen[:, None]))
     positions = jnp.broadcast_to(P + jnp.arange(W), (2 * R, W))
     h, _, _ = _transformer(params, cfg, jnp.asarray(chunks), positions, blocks=(block,))
     for row in range(2 * R):
@@ -298,15 +297,13 @@ def test_block_shared_by_several_rows_equals_each_rows_own_context(model):
 def test_last_token_only_equals_that_tokens_hidden_state(model, unroll_layers):
     """``transformer(last=...)`` (each row's final layer run for one token) against every token's hidden states,
     with a block shared by several query rows and a packed self-mask; keys/values are those of every token."""
-    from jaxagent.model.gemma import as_block
-
     cfg, params = model
     params = unrolled(params) if unroll_layers else params
     rng = np.random.default_rng(11)
     P, W, R = 9, 7, 2
     shared = rng.integers(3, cfg.vocab_size, size=(2, P)).astype(np.int32)
     _, k, v = _transformer(params, cfg, jnp.asarray(shared), jnp.broadcast_to(jnp.arange(P), (2, P)))
-    block = as_block(k, v, jnp.broadcast_to(jnp.arange(P), (2, P)), jnp.asarray(np.arange(P) < [[P], [4], [P], [1]]))
+    block = as_block(cfg, k, v, jnp.broadcast_to(jnp.arange(P), (2, P)), jnp.asarray(np.arange(P) < [[P], [4], [P], [1]]))
     if unroll_layers:
         block = (gemma.unstack_layers(block[0]), gemma.unstack_layers(block[1]), *block[2:])
     chunks = jnp.asarray(rng.integers(3, cfg.vocab_size, size=(2 * R, W)), jnp.int32)

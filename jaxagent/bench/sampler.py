@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxagent.bench import median_seconds, on_each_layout, over_devices, per_device
 from jaxagent.model import GemmaConfig, forward, generate, init_params, load_hf, save_hf
-from jaxagent.model.gemma import dense, param_shapes
+from jaxagent.model.gemma import param_shapes
 from jaxagent.model.sampler import unrolled
 
 PROMPT, NEW = 64, 64
@@ -59,11 +59,11 @@ def floor_step(params, cfg: GemmaConfig, batch: int, repeats: int, devices=None)
     def steps(mats, out, x):
         def step(_, x):
             for qkv, o, gate_up, down in mats:
-                a = dense(x, qkv)
-                x = x + dense(a[:, :o.shape[0]] + a[:, o.shape[0]:].mean(-1, keepdims=True), o)
-                gate, up = jnp.split(dense(x, gate_up), 2, axis=-1)
-                x = x + dense(gate * up, down)
-            return x + 1e-3 * dense(x, out)[:, :x.shape[1]]
+                a = x @ qkv
+                x = x + (a[:, :o.shape[0]] + a[:, o.shape[0]:].mean(-1, keepdims=True)) @ o
+                gate, up = jnp.split(x @ gate_up, 2, axis=-1)
+                x = x + (gate * up) @ down
+            return x + 1e-3 * (x @ out)[:, :x.shape[1]]
         return jax.lax.fori_loop(0, NEW, step, x)
 
     (mats, out), x = over_devices((mats, out), jnp.ones((batch, cfg.d_model), params["embed"].dtype), devices)

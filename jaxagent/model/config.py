@@ -5,6 +5,9 @@ import dataclasses
 import math
 
 
+KERNELS = ("auto", "cpu", "plain")
+
+
 class CheckpointError(ValueError):
     """A checkpoint or config that cannot be loaded; the message names the file, tensor or key."""
 
@@ -32,8 +35,13 @@ class GemmaConfig:
     pad_id: int = 0
     eos_id: int = 1
     bos_id: int = 2
+    # Not the architecture: how this process runs it ("auto", "cpu" or "plain"; see jaxagent.model.cpu_kernels).
+    # Checkpoints do not store it.
+    kernels: str = "auto"
 
     def __post_init__(self):
+        if self.kernels not in KERNELS:
+            raise ValueError(f"GemmaConfig: kernels must be one of {KERNELS}, got {self.kernels!r}")
         if self.num_layers < 1:
             raise ValueError(f"GemmaConfig: num_layers must be at least 1, got {self.num_layers}")
         if self.num_heads % self.num_kv_heads:

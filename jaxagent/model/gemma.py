@@ -10,9 +10,8 @@ Parameters (``L`` layers, all layer tensors stacked on a leading ``L`` axis)::
     value_head/w [D], value_head/b []   (optional) scalar value of the last hidden state
 
 Layer ``2i`` uses the sliding window, layer ``2i + 1`` attends globally, as in every Gemma 2 size.
-The KV cache is full length (slot ``s`` holds position ``s``), so windows are a mask and a row can be rewound.
-Stored keys are kept with the slot axis last (``[.., hd, S]``, values ``[.., S, hd]``): a decode step's
-scores then stream over contiguous slots.
+The KV cache and its layouts are in :mod:`jaxagent.model.kv_cache`; the decode kernels tuned for CPU, and the
+choice between them and the plain forms here, in :mod:`jaxagent.model.cpu_kernels`.
 """
 from __future__ import annotations
 
@@ -21,31 +20,13 @@ import math
 
 import jax
 import jax.numpy as jnp
-from flax import struct
 
+from jaxagent.model import cpu_kernels
 from jaxagent.model.config import GemmaConfig
+from jaxagent.model.kv_cache import KVCache, cache_block, write_kv, write_slot as write_stored_slot
 
 NEG_INF = -2.0 ** 30
-PER_HEAD_VALUES_BYTES = 2 ** 21  # about one core's L2 cache; see _pv
 
-
-@struct.dataclass
-class KVCache:
-    """Keys ``[L, B, K, hd, S]`` and values ``[L, B, K, S, hd]`` of every layer; row ``b`` holds positions
-    ``0 .. end[b] - 1``."""
-    k: jax.Array
-    v: jax.Array
-    end: jax.Array  # i32[B]
-
-    @property
-    def max_len(self) -> int:
-        return self.v.shape[3]
-
-
-def init_cache(cfg: GemmaConfig, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
-    L, K, hd = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim
-    return KVCache(jnp.zeros((L, batch, K, hd, max_len), dtype), jnp.zeros((L, batch, K, max_len, hd), dtype),
-                   jnp.zeros((batch,), jnp.int32))
 
 
 def param_shapes(cfg: GemmaConfig, value_head: bool = False) -> dict:
@@ -96,32 +77,26 @@ def _softcap(x: jax.Array, cap: float | None) -> jax.Array:
     return x if cap is None else jnp.tanh(x / cap) * cap
 
 
-def _qk(q, k):
-    """Scores ``[Bk, K, G, R*T, S]`` of queries ``[Bk, R*T, K, G, hd]`` against stored keys ``[Bk, K, hd, S]``."""
-    if q.shape[1] == 1 and jax.default_backend() == "cpu":
-        # Decoding on CPU: a sum of hd scaled key rows is one elementwise loop over contiguous slots, which
-        # XLA:CPU vectorises; as a batched dot (many [G, hd] x [hd, S] products) it ran 3-5x slower.
-        q, k = q[:, 0].astype(jnp.float32), k.astype(jnp.float32)
-        terms = (q[..., h, None] * k[:, :, None, h] for h in range(k.shape[2]))
-        return functools.reduce(jnp.add, terms)[:, :, :, None, :]
+def _qk(q, k, cfg: GemmaConfig):
+    """Scores ``[Bk, K, G, R*T, S]`` of queries ``[Bk, R*T, K, G, hd]`` against stored keys (``[Bk, K, S, hd]``,
+    or ``[Bk, K, hd, S]`` with the CPU kernels)."""
+    on_cpu = cpu_kernels.active(cfg)
+    if on_cpu and q.shape[1] == 1:
+        return cpu_kernels.decode_scores(q, k)
     # Queries first, as [Bk, K, G*R*T, hd]: XLA:CPU otherwise made the stored keys the dot's left operand,
     # contracting their non-minor axis, which ran 3-4x slower.
     Bk, RT, K, G, hd = q.shape
     q = jnp.transpose(q, (0, 2, 3, 1, 4)).reshape(Bk, K, G * RT, hd)
-    scores = jnp.einsum("bkqh,bkhs->bkqs", q, k, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("bkqh,bkhs->bkqs" if on_cpu else "bkqh,bksh->bkqs", q, k,
+                        preferred_element_type=jnp.float32)
     return scores.reshape(Bk, K, G, RT, -1)
 
 
-def _pv(p, v):
+def _pv(p, v, cfg: GemmaConfig):
     """Output ``[Bk, R*T, K, G, hd]`` of probabilities ``[Bk, K, G, R*T, S]`` over stored values ``[Bk, K, S, hd]``."""
     if p.shape[3] == 1:  # decoding: unlike the scores, this one is faster as a batched dot than as a multiply-reduce
-        if jax.default_backend() == "cpu" and v.size * v.dtype.itemsize <= PER_HEAD_VALUES_BYTES:
-            # One matrix-vector product per query head of the group: while the values stay in cache for the next
-            # head, XLA:CPU ran these 1.2-1.7x faster than one [G, S] x [S, hd] product per row and kv head;
-            # past that, reading the values G times from memory made them up to 1.5x slower.
-            heads = [jnp.einsum("bks,bksh->bkh", p[:, :, g, 0], v) for g in range(p.shape[2])]
-            return jnp.stack(heads, axis=2)[:, None]
-        return jnp.einsum("bkgs,bksh->bkgh", p[:, :, :, 0], v)[:, None]
+        out = cpu_kernels.decode_values(p, v) if cpu_kernels.active(cfg) else None
+        return jnp.einsum("bkgs,bksh->bkgh", p[:, :, :, 0], v)[:, None] if out is None else out
     Bk, K, G, RT, S = p.shape
     out = jnp.einsum("bkqs,bksh->bkqh", p.reshape(Bk, K, G * RT, S), v)  # probabilities first, as in _qk
     return jnp.transpose(out.reshape(Bk, K, G, RT, -1), (0, 3, 1, 2, 4))
@@ -141,9 +116,16 @@ def _from_rows(stat: jax.Array, shared_by: int) -> jax.Array:
     return jnp.moveaxis(stat, 1, 3).reshape(B // shared_by, K, G, shared_by * T, 1)
 
 
-def _project(x: jax.Array, w: jax.Array) -> jax.Array:
+def dense(x: jax.Array, w: jax.Array, cfg: GemmaConfig, out_dtype=None) -> jax.Array:
+    """``x[..., D] @ w[D, F]``."""
+    if cpu_kernels.active(cfg):
+        return cpu_kernels.dense(x, w, out_dtype)
+    return jnp.matmul(x, w, preferred_element_type=out_dtype)
+
+
+def _project(x: jax.Array, w: jax.Array, cfg: GemmaConfig) -> jax.Array:
     """``x[B, T, D]`` by ``w[D, N, hd]`` -> ``[B, T, N, hd]``."""
-    return dense(x, w.reshape(w.shape[0], -1)).reshape(*x.shape[:-1], *w.shape[1:])
+    return dense(x, w.reshape(w.shape[0], -1), cfg).reshape(*x.shape[:-1], *w.shape[1:])
 
 
 def _take_tokens(a: jax.Array, at: jax.Array) -> jax.Array:
@@ -154,7 +136,8 @@ def _take_tokens(a: jax.Array, at: jax.Array) -> jax.Array:
 def _attention(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None, write_slot=None, query_at=None):
     """Attention of the chunk ``x[B, T, D]`` over stored key/value ``blocks`` and over the chunk itself.
 
-    Each block is ``(k [Bk, K, hd, S], v [Bk, K, S, hd], key_positions [Bk, S], valid [B, S])`` where ``Bk``
+    Each block is ``(k, v, key_positions [Bk, S], valid [B, S])``, keys and values stored for ``Bk`` rows as in
+    :mod:`jaxagent.model.kv_cache`, where ``Bk``
     divides ``B``: block row ``i`` is shared by query rows ``i * B/Bk ...`` (e.g. one episode's history seen by
     each of its steps), without repeating it. All blocks and the chunk are parts of one softmax. Returns the
     output and the chunk's keys/values ``[B, T, K, hd]`` for the caller to store; with ``write_slot``, the chunk's
@@ -165,9 +148,9 @@ def _attention(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None
     B = x.shape[0]
     K, G = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
     if "qkv" in p:
-        q, k, v = jnp.split(_project(x, p["qkv"]), (cfg.num_heads, cfg.num_heads + K), axis=2)
+        q, k, v = jnp.split(_project(x, p["qkv"], cfg), (cfg.num_heads, cfg.num_heads + K), axis=2)
     else:
-        q, k, v = (_project(x, p[name]) for name in "qkv")
+        q, k, v = (_project(x, p[name], cfg) for name in "qkv")
     q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
     q = (q * jnp.asarray(cfg.query_scale, q.dtype)).reshape(*q.shape[:2], K, G, cfg.head_dim)
     q_positions = positions
@@ -179,15 +162,14 @@ def _attention(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None
         # Written before it is read, the buffer is updated in place; a separate read of the old buffer (attending
         # to the chunk apart) made XLA:CPU copy it at every decode step.
         *blocks, (bk, bv, key_positions, valid) = blocks
-        k = jax.lax.dynamic_update_slice_in_dim(bk, jnp.transpose(k, (0, 2, 3, 1)).astype(bk.dtype), write_slot, 3)
-        v = jax.lax.dynamic_update_slice_in_dim(bv, jnp.transpose(v, (0, 2, 1, 3)).astype(bv.dtype), write_slot, 2)
+        k, v = write_stored_slot(cfg, bk, bv, k, v, write_slot)
         blocks = (*blocks, (k, v, key_positions, valid))
 
     def scores_of(bk, key_positions, valid):
         """Masked, soft-capped scores ``[Bk, K, G, R*T, S]`` of a block shared by ``R`` query rows."""
         Bk, S = key_positions.shape
         R = B // Bk
-        scores = _qk(q.reshape(Bk, R * T, K, G, cfg.head_dim), bk)
+        scores = _qk(q.reshape(Bk, R * T, K, G, cfg.head_dim), bk, cfg)
         qpos = q_positions.reshape(Bk, 1, 1, R, T, 1)
         kpos = key_positions.reshape(Bk, 1, 1, 1, 1, S)
         ok = (kpos <= qpos) & valid.reshape(Bk, 1, 1, R, 1, S)
@@ -210,33 +192,13 @@ def _attention(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None
     top = functools.reduce(jnp.maximum, [_to_rows(jnp.max(s, axis=-1, keepdims=True), B) for s in scores])
     weights = [jnp.exp(s - _from_rows(top, r)) for s, r in zip(scores, shared_by)]
     total = sum(_to_rows(jnp.sum(w, axis=-1, keepdims=True), B) for w in weights)
-    parts = [_pv((w / _from_rows(total, r)).astype(x.dtype), bv).reshape(B, T, K, G, cfg.head_dim)
+    parts = [_pv((w / _from_rows(total, r)).astype(x.dtype), bv, cfg).reshape(B, T, K, G, cfg.head_dim)
              for w, r, (_, bv, _, _) in zip(weights, shared_by, blocks)]
     if write_slot is None:
         parts.append(jnp.einsum("bkgts,bskh->btkgh", (weights[-1] / total).astype(x.dtype), v))
     out = functools.reduce(jnp.add, parts).reshape(B, T, cfg.num_heads, cfg.head_dim)
-    return dense(out.reshape(B, T, -1), p["o"].reshape(-1, p["o"].shape[-1])), k, v
+    return dense(out.reshape(B, T, -1), p["o"].reshape(-1, p["o"].shape[-1]), cfg), k, v
 
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def dense(x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Array:
-    """``x[..., D] @ w[D, F]``. Its backward computes the weight gradient as one dot over all rows, which spares
-    XLA:CPU a transposing copy of the output gradient fused with its elementwise producer (the slowest part of
-    the backward pass there)."""
-    return jnp.matmul(x, w, preferred_element_type=out_dtype)
-
-
-def _dense_fwd(x, w, out_dtype):
-    return dense(x, w, out_dtype), (x, w)
-
-
-def _dense_bwd(out_dtype, residuals, dy):
-    x, w = residuals
-    dw = jnp.einsum("nd,nf->df", x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1]).astype(x.dtype))
-    return (dy @ w.T.astype(dy.dtype)).astype(x.dtype), dw.astype(w.dtype)
-
-
-dense.defvjp(_dense_fwd, _dense_bwd)
 
 
 def _layer(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None, write_slot=None, query_at=None):
@@ -248,11 +210,11 @@ def _layer(p, cfg: GemmaConfig, x, positions, blocks, window, self_mask=None, wr
     x = x + rms_norm(h, p["post_attn_norm"], eps)
     h = rms_norm(x, p["ffw_norm"], eps)
     if "gate_up" in p:
-        gate, up = jnp.split(dense(h, p["gate_up"]), 2, axis=-1)
+        gate, up = jnp.split(dense(h, p["gate_up"], cfg), 2, axis=-1)
     else:
-        gate, up = dense(h, p["gate"]), dense(h, p["up"])
+        gate, up = dense(h, p["gate"], cfg), dense(h, p["up"], cfg)
     h = jax.nn.gelu(gate, approximate=True) * up
-    return x + rms_norm(dense(h, p["down"]), p["post_ffw_norm"], eps), k, v
+    return x + rms_norm(dense(h, p["down"], cfg), p["post_ffw_norm"], eps), k, v
 
 
 def _pairs(a: jax.Array) -> jax.Array:
@@ -263,8 +225,8 @@ def transformer(params, cfg: GemmaConfig, tokens, positions, blocks=(), self_mas
                 last=None):
     """Final-normed hidden states ``[B, T, D]`` and the chunk's keys/values ``[L, B, T, K, hd]``.
 
-    ``blocks``: stored keys/values the chunk attends to besides itself, each
-    ``(k [L, Bk, K, hd, S], v [L, Bk, K, S, hd], key_positions [Bk, S], valid [B, S])`` (see :func:`as_block`);
+    ``blocks``: stored keys/values the chunk attends to besides itself, each ``(k, v, key_positions [Bk, S],
+    valid [B, S])`` with ``[L, Bk, ...]`` keys and values (see :func:`jaxagent.model.kv_cache.as_block`);
     ``Bk`` divides ``B`` and block row ``i`` serves query rows ``i * B/Bk`` to ``(i + 1) * B/Bk - 1``.
     Within the chunk, token ``t`` attends to token ``s`` when ``positions[s] <= positions[t]``, or, if given,
     where ``self_mask[b, t, s]`` (bool ``[B, T, T]``, e.g. several episodes packed in one row); the sliding
@@ -340,27 +302,6 @@ def unstack_layers(tree) -> tuple:
     return tuple(jax.tree.map(lambda a: a[i], tree) for i in range(jax.tree.leaves(tree)[0].shape[0]))
 
 
-def fuse_projections(layer: dict) -> dict:
-    """One layer's weights with q/k/v and gate/up each concatenated into one matrix (fewer, larger matmuls)."""
-    fused = {name: w for name, w in layer.items() if name not in ("q", "k", "v", "gate", "up")}
-    return dict(fused, qkv=jnp.concatenate([layer["q"], layer["k"], layer["v"]], axis=1),
-                gate_up=jnp.concatenate([layer["gate"], layer["up"]], axis=1))
-
-
-def cache_block(cache: KVCache, end: jax.Array | None = None, length: int | None = None):
-    """The cache as an attention block: slots ``< end`` (default ``cache.end``) are valid. ``length`` (static, a
-    bound on ``end``): only the first ``length`` slots are read."""
-    end = cache.end if end is None else end
-    length = cache.max_len if length is None else min(length, cache.max_len)
-    slots = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (end.shape[0], length))
-    return cache.k[..., :length], cache.v[..., :length, :], slots, slots < end[:, None]
-
-
-def as_block(k: jax.Array, v: jax.Array, key_positions: jax.Array, valid: jax.Array):
-    """Keys/values ``[L, B, T, K, hd]`` returned by :func:`transformer` as an attention block for another call."""
-    return jnp.transpose(k, (0, 1, 3, 4, 2)), jnp.swapaxes(v, 2, 3), key_positions, valid
-
-
 def hidden_states(params, cfg: GemmaConfig, tokens, positions, cache: KVCache | None = None,
                   history_len: int | None = None):
     """Final-normed hidden states ``[B, T, D]`` and the cache with the chunk's keys/values written at ``positions``.
@@ -369,25 +310,15 @@ def hidden_states(params, cfg: GemmaConfig, tokens, positions, cache: KVCache | 
     if given) and to itself; ``cache.end`` is left unchanged (``sampler.append`` advances it). Slots at or past
     ``max_len`` are dropped.
     """
-    blocks = () if cache is None else (cache_block(cache, length=history_len),)
+    blocks = () if cache is None else (cache_block(cfg, cache, length=history_len),)
     h, k, v = transformer(params, cfg, tokens, positions, blocks)
-    return h, None if cache is None else write_kv(cache, k, v, positions)
-
-
-def write_kv(cache: KVCache, k: jax.Array, v: jax.Array, positions: jax.Array) -> KVCache:
-    """Store ``k, v [L, B, T, K, hd]`` at slots ``positions [B, T]`` of every layer."""
-    rows = jnp.broadcast_to(jnp.arange(positions.shape[0])[:, None], positions.shape)
-    # Advanced indices split by a slice put their [B, T] dims first: values are [B, T, L, K, hd].
-    k = jnp.moveaxis(k, 0, 2).astype(cache.k.dtype)
-    v = jnp.moveaxis(v, 0, 2).astype(cache.v.dtype)
-    return cache.replace(k=cache.k.at[:, rows, :, :, positions].set(k, mode="drop"),
-                         v=cache.v.at[:, rows, :, positions].set(v, mode="drop"))
+    return h, None if cache is None else write_kv(cfg, cache, k, v, positions)
 
 
 def unembed(params, cfg: GemmaConfig, h: jax.Array) -> jax.Array:
     """Logits (float32, final soft-cap applied) of final hidden states ``h[..., D]``; with ``params["unembed"]``
     (the embedding transposed, ``[D, V]``, see :func:`jaxagent.model.sampler.unrolled`), from that copy."""
-    logits = dense(h, params["unembed"] if "unembed" in params else params["embed"].T, jnp.float32)
+    logits = dense(h, params["unembed"] if "unembed" in params else params["embed"].T, cfg, jnp.float32)
     return _softcap(logits, cfg.final_logit_softcap)
 
 

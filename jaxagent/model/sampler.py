@@ -17,8 +17,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxagent.model.config import GemmaConfig
-from jaxagent.model.gemma import (KVCache, as_block, cache_block, fuse_projections, hidden_states, init_cache,
-                                  transformer, unembed, unstack_layers, value, write_kv)
+from jaxagent.model.cpu_kernels import fuse_projections
+from jaxagent.model.gemma import hidden_states, transformer, unembed, unstack_layers, value
+from jaxagent.model.kv_cache import (KVCache, as_block, cache_block, concat_slots, gather_slots, init_cache,
+                                     slot_range, stored, unstored, write_kv, write_slot)
 
 
 def _last_token(lengths: jax.Array) -> jax.Array:
@@ -39,11 +41,11 @@ def append(params, cfg: GemmaConfig, cache: KVCache, tokens: jax.Array, lengths:
     positions = cache.end[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
     if unroll_layers:
         params = unrolled(params)
-    shared, own = _history_blocks(cfg, cache_block(cache, length=history_len), cache.end, shared_prefix,
+    shared, own = _history_blocks(cfg, cache_block(cfg, cache, length=history_len), cache.end, shared_prefix,
                                   unroll_layers)
     h, k, v = transformer(params, cfg, tokens, positions, (*shared, tuple(zip(*own)) if unroll_layers else own),
                           last=_last_token(lengths))
-    cache = write_kv(cache, k, v, positions)
+    cache = write_kv(cfg, cache, k, v, positions)
     return cache.replace(end=jnp.minimum(cache.end + lengths, cache.max_len)), unembed(params, cfg, h[:, 0])
 
 
@@ -58,14 +60,10 @@ def _prefill(params, cfg: GemmaConfig, tokens, lengths, max_len: int, dtype=None
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
     h, k, v = transformer(params, cfg, tokens, positions, last=_last_token(lengths))
     cache = init_cache(cfg, tokens.shape[0], max_len, dtype or params["embed"].dtype)
-    cache = write_kv(cache, k, v, positions).replace(end=jnp.minimum(lengths, max_len))
-    history = as_block(k.astype(cache.k.dtype), v.astype(cache.v.dtype), positions, positions < cache.end[:, None])
+    cache = write_kv(cfg, cache, k, v, positions).replace(end=jnp.minimum(lengths, max_len))
+    history = as_block(cfg, k.astype(cache.k.dtype), v.astype(cache.v.dtype), positions,
+                       positions < cache.end[:, None])
     return cache, unembed(params, cfg, h[:, 0]), history
-
-
-def rewind(cache: KVCache, positions: jax.Array) -> KVCache:
-    """Set each row's end back to ``positions[b]`` (never forward); later slots are ignored and overwritten."""
-    return cache.replace(end=jnp.clip(positions.astype(jnp.int32), 0, cache.end))
 
 
 def _filter(logits: jax.Array, top_k: int, top_p: float) -> jax.Array:
@@ -141,7 +139,7 @@ def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key
     layers then read only the ``window - 1`` history slots they can see.
     ``shared_prefix`` (static): the first ``shared_prefix`` slots hold the same keys/values in every row (e.g. a
     prompt prefix all episodes start with); layers that read them do so from row 0 once for all rows.
-    ``history``: the slots before each row's end as :func:`jaxagent.model.gemma.cache_block` reads them, where the
+    ``history``: the slots before each row's end as :func:`jaxagent.model.kv_cache.cache_block` reads them, where the
     caller has them at hand (:func:`generate` passes the keys/values its prefill computed, so the cache is only
     written, and not at all where the caller drops it); ``history_len`` is then unused.
     """
@@ -151,9 +149,9 @@ def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key
     L, K, hd = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim
     gen_positions = start[:, None] + jnp.arange(G, dtype=jnp.int32)[None, :]
     if history is None:
-        history = cache_block(cache, length=history_len)
+        history = cache_block(cfg, cache, length=history_len)
     shared, history = _history_blocks(cfg, history, start, shared_prefix, unroll_layers)
-    gen_k, gen_v = jnp.zeros((L, B, K, hd, G), cache.k.dtype), jnp.zeros((L, B, K, G, hd), cache.v.dtype)
+    gen_k, gen_v = stored(cfg, jnp.zeros((L, B, G, K, hd), cache.k.dtype), jnp.zeros((L, B, G, K, hd), cache.v.dtype))
     # Step i writes the same buffer slot in every row (in place, no per-row scatter); the cache itself is only
     # read while decoding and receives the new tokens once at the end.
     if unroll_layers:
@@ -161,8 +159,7 @@ def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key
         # reads the buffer: one softmax part per layer and no per-step copy of the buffer.
         params = unrolled(params)
         widths = tuple(slots.shape[1] for _, _, slots, _ in history)
-        buffers = (tuple(jnp.concatenate([k, gen_k[0]], axis=3) for k, _, _, _ in history),
-                   tuple(jnp.concatenate([v, gen_v[0]], axis=2) for _, v, _, _ in history))
+        buffers = tuple(zip(*(concat_slots(cfg, (k, v), (gen_k[0], gen_v[0])) for k, v, _, _ in history)))
         key_positions = tuple(jnp.concatenate([slots, gen_positions], axis=1) for _, _, slots, _ in history)
         filled = tuple(jnp.concatenate([ok, jnp.ones((B, G), bool)], axis=1) for _, _, _, ok in history)
 
@@ -180,9 +177,7 @@ def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key
         def decode(buffers, tok, i):
             block = (*buffers, gen_positions, jnp.broadcast_to(jnp.arange(G) < i, (B, G)))
             h, k, v = transformer(params, cfg, tok[:, None], (start + i)[:, None], (*shared, history, block))
-            k, v = jnp.moveaxis(k, 2, 4).astype(gen_k.dtype), jnp.moveaxis(v, 2, 3).astype(gen_v.dtype)
-            return h, (jax.lax.dynamic_update_slice_in_dim(buffers[0], k, i, 4),
-                       jax.lax.dynamic_update_slice_in_dim(buffers[1], v, i, 3))
+            return h, write_slot(cfg, *buffers, k, v, i)
 
     if temperature > 0:
         uniforms = jax.random.uniform(key, (G, B))  # drawn at once: a threefry call is a loop of small ops on CPU
@@ -210,17 +205,16 @@ def sample(params, cfg: GemmaConfig, cache: KVCache, last_logits: jax.Array, key
              jnp.zeros((B,), bool))
     _, (gen_k, gen_v), _, toks, logps, lengths, _ = jax.lax.while_loop(cond, body, state)
     if unroll_layers:
-        gen_k = jnp.stack([k[..., w:] for k, w in zip(gen_k, widths)])
-        gen_v = jnp.stack([v[:, :, w:] for v, w in zip(gen_v, widths)])
-    cache = write_kv(cache, jnp.moveaxis(gen_k, 4, 2), jnp.swapaxes(gen_v, 2, 3), gen_positions)
+        gen_k, gen_v = (jnp.stack(a) for a in zip(*(slot_range(cfg, k, v, w) for k, v, w in zip(gen_k, gen_v, widths))))
+    cache = write_kv(cfg, cache, *unstored(cfg, gen_k, gen_v), gen_positions)
     return cache.replace(end=jnp.minimum(start + lengths, cache.max_len)), toks, logps, lengths
 
 
 def unrolled(params) -> dict:
-    """Parameters for a Python loop over layers: per-layer weights, q/k/v and gate/up fused, and the output
-    embedding as its own ``[D, V]`` copy (XLA:CPU multiplied by the transposed ``[V, D]`` embedding 1.7-4x
-    slower). ``append`` and ``sample`` with ``unroll_layers`` accept them as they are (prepare them once for
-    many calls)."""
+    """Parameters for a Python loop over layers: per-layer weights, q/k/v and gate/up fused
+    (:func:`jaxagent.model.cpu_kernels.fuse_projections`), and the output embedding as its own ``[D, V]`` copy
+    (XLA:CPU multiplied by the transposed ``[V, D]`` embedding 1.7-4x slower). ``append`` and ``sample`` with
+    ``unroll_layers`` accept them as they are (prepare them once for many calls)."""
     if isinstance(params["layers"], tuple):
         return params
     return dict(params, layers=tuple(map(fuse_projections, unstack_layers(params["layers"]))),
@@ -228,15 +222,16 @@ def unrolled(params) -> dict:
 
 
 def _history_blocks(cfg: GemmaConfig, history, start: jax.Array, shared_prefix: int, per_layer: bool):
-    """``(shared, own)``: the attention blocks of ``history`` (a :func:`cache_block`) read while appending or
-    decoding from ``start``. ``shared`` is ``()`` or one block of the first ``shared_prefix`` slots, taken from
-    row 0 and read once for all query rows; ``own`` holds the rest of each row's slots. With ``per_layer``,
-    ``own`` is a list of per-layer blocks where, if the window is under half of the history, a sliding-window
-    layer reads only the ``window - 1`` slots before ``start`` (gathered per row) and no shared slots."""
+    """``(shared, own)``: the attention blocks of ``history`` (a :func:`~jaxagent.model.kv_cache.cache_block`)
+    read while appending or decoding from ``start``. ``shared`` is ``()`` or one block of the first
+    ``shared_prefix`` slots, taken from row 0 and read once for all query rows; ``own`` holds the rest of each
+    row's slots. With ``per_layer``, ``own`` is a list of per-layer blocks where, if the window is under half of
+    the history, a sliding-window layer reads only the ``window - 1`` slots before ``start`` (gathered per row)
+    and no shared slots."""
     hist_k, hist_v, slots, valid = history
     P = shared_prefix if shared_prefix < slots.shape[1] else 0
-    shared = ((hist_k[..., :1, :, :, :P], hist_v[..., :1, :, :P, :], slots[:1, :P], valid[:, :P]),) if P else ()
-    own = (hist_k[..., P:], hist_v[..., P:, :], slots[:, P:], valid[:, P:])
+    shared = ((*slot_range(cfg, hist_k[:, :1], hist_v[:, :1], 0, P), slots[:1, :P], valid[:, :P]),) if P else ()
+    own = (*slot_range(cfg, hist_k, hist_v, P), slots[:, P:], valid[:, P:])
     if not per_layer:
         return shared, own
     seen = cfg.sliding_window - 1
@@ -245,8 +240,7 @@ def _history_blocks(cfg: GemmaConfig, history, start: jax.Array, shared_prefix: 
     if 2 * seen <= slots.shape[1]:  # the gather is a copy: worth it only where it skips most of the history
         window = start[:, None] + jnp.arange(-seen, 0, dtype=jnp.int32)
         at = jnp.maximum(window, 0)
-        layers[0::2] = [(jnp.take_along_axis(k, at[:, None, None, :], axis=3),
-                         jnp.take_along_axis(v, at[:, None, :, None], axis=2), window, window >= 0)
+        layers[0::2] = [(*gather_slots(cfg, k, v, at), window, window >= 0)
                         for k, v in zip(unstack_layers(hist_k)[0::2], unstack_layers(hist_v)[0::2])]
         reads_shared[0::2] = [False] * len(layers[0::2])
     if shared:

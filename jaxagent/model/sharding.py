@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxagent.model.gemma import KVCache
+from jaxagent.model.kv_cache import KVCache
 
 AXES = ("data", "fsdp", "tensor")
 BATCH = ("data", "fsdp")

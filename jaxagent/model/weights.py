@@ -238,7 +238,8 @@ def save_orbax(params: dict, cfg: GemmaConfig, path: str | Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path / "params", params, force=True)
-    (path / ORBAX_CONFIG).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    architecture = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "kernels"}
+    (path / ORBAX_CONFIG).write_text(json.dumps(architecture, indent=2) + "\n")
 
 
 def load_orbax(path: str | Path, dtype=jnp.float32, shardings=None) -> tuple[GemmaConfig, dict]:

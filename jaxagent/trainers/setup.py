@@ -107,6 +107,7 @@ def _model(cfg: ExperimentConfig, vocab_size: int, mesh: Mesh):
         except ValueError as e:
             raise ConfigError(f"config key 'model.preset': {e}") from None
         params = init_params(model_cfg, jax.random.key(cfg.run.seed), DTYPES[m.dtype], value_head=m.value_head)
+    model_cfg = dataclasses.replace(model_cfg, kernels=m.kernels)
     if model_cfg.vocab_size < vocab_size:
         raise ConfigError(f"config key 'model.tokenizer': the tokenizer has {vocab_size} tokens but the model's "
                           f"vocabulary only {model_cfg.vocab_size}")
