@@ -1,69 +1,34 @@
 """Model weights on disk: Hugging Face ``google/gemma-2-*`` directories (import and export) and Orbax.
 
-HF import checks every tensor's presence, shape and file extent before anything is loaded, then builds each
-parameter straight into its target sharding: every device shard is read from the memory-mapped safetensors
-file(s) one layer at a time, so the host never holds a second copy of the model.
+HF import checks every tensor's presence and shape before anything is loaded, then builds each parameter straight
+into its target sharding: every device shard reads only its slice of the memory-mapped safetensors file(s), one
+layer at a time, so the host never holds a second copy of the model.
 """
 from __future__ import annotations
 
 import json
 import struct
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
+import ml_dtypes  # registers bfloat16 with numpy, which safetensors' numpy reader needs
 import numpy as np
+from safetensors import SafetensorError, safe_open
 
 from jaxagent.model.config import CheckpointError, GemmaConfig
 from jaxagent.model.gemma import param_shapes
 
-DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-          "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
-DTYPE_NAMES = {np.dtype(v): k for k, v in DTYPES.items()}
+DTYPE_NAMES = {np.dtype(np.float64): "F64", np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
+               np.dtype(ml_dtypes.bfloat16): "BF16"}
 MAX_SHARD_BYTES = 4 << 30
 
 
-class SafetensorsFile:
-    """A memory-mapped ``.safetensors`` file: header checked on open, tensors read lazily as numpy views."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        size = self.path.stat().st_size
-        with open(self.path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise CheckpointError(f"{self.path}: truncated safetensors file (no header)")
-            (n,) = struct.unpack("<Q", head)
-            if 8 + n > size:
-                raise CheckpointError(f"{self.path}: truncated safetensors file (header of {n} bytes, file {size})")
-            try:
-                header = json.loads(f.read(n))
-            except ValueError as e:
-                raise CheckpointError(f"{self.path}: unreadable safetensors header ({e})") from None
-        header.pop("__metadata__", None)
-        self.base = 8 + n
-        self.entries = header
-        for name, e in header.items():
-            if e["dtype"] not in DTYPES:
-                raise CheckpointError(f"{self.path}: tensor {name} has unsupported dtype {e['dtype']}")
-            if self.base + e["data_offsets"][1] > size:
-                raise CheckpointError(f"{self.path}: truncated: tensor {name} needs bytes up to "
-                                      f"{self.base + e['data_offsets'][1]}, the file has {size}")
-        self._map = np.memmap(self.path, dtype=np.uint8, mode="r") if size else None
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.entries[name]["shape"])
-
-    def get(self, name: str) -> np.ndarray:
-        e = self.entries[name]
-        start, stop = e["data_offsets"]
-        raw = self._map[self.base + start:self.base + stop]
-        return raw.view(DTYPES[e["dtype"]]).reshape(e["shape"])
-
-
 def write_safetensors(path: Path, tensors: dict[str, tuple[tuple[int, ...], np.dtype, callable]]) -> None:
-    """Write ``name -> (shape, dtype, fetch)``; ``fetch()`` is called once per tensor, in order, while writing."""
+    """Write ``name -> (shape, dtype, fetch)``; ``fetch()`` is called once per tensor, in order, while writing.
+    Our own writer because the library's (``safetensors.numpy.save_file``) takes every tensor in host memory at
+    once: exporting a sharded model would gather a second copy of it."""
     header, offset = {}, 0
     for name, (shape, dtype, _) in tensors.items():
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
@@ -82,11 +47,32 @@ def write_safetensors(path: Path, tensors: dict[str, tuple[tuple[int, ...], np.d
             f.write(arr.tobytes())
 
 
-# Our parameter name -> (HF name pattern, HF tensor -> our layout, our layout -> HF tensor).
+# Our parameter name -> (HF name pattern, read, to_hf). ``read(get, index)`` is our tensor's block ``index`` (a
+# tuple of slices) built from ``get(*hf_index)``, which reads that slice of the HF tensor; ``to_hf`` maps our
+# (per-layer) tensor to HF's.
 def _hf_layout(cfg: GemmaConfig):
     D, H, K, hd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    same = (lambda a: a, lambda a: a)
-    t = (lambda a: a.T, lambda a: a.T)
+
+    def heads(n: slice, count: int) -> slice:
+        """The rows of HF's ``[count * hd, ...]`` projection that hold heads ``n``."""
+        heads = range(count)[n]
+        return slice(heads.start * hd, heads.stop * hd)
+
+    same = (lambda get, ix: get(*ix), lambda a: a)
+    t = (lambda get, ix: get(ix[1], ix[0]).T, lambda a: a.T)
+
+    def projection(count: int):  # ours [D, N, hd] <- HF [N * hd, D]
+        def read(get, ix):
+            d, n, h = ix
+            rows = get(heads(n, count), d).T  # [D', N' * hd]
+            return rows.reshape(rows.shape[0], -1, hd)[:, :, h]
+        return read, lambda a: a.reshape(D, count * hd).T
+
+    def read_output(get, ix):  # ours [H, hd, D] <- HF [D, H * hd]
+        n, h, d = ix
+        cols = get(d, heads(n, H)).T  # [N' * hd, D']
+        return cols.reshape(-1, hd, cols.shape[1])[:, h]
+
     return {
         "embed": ("model.embed_tokens.weight", *same),
         "final_norm": ("model.norm.weight", *same),
@@ -94,14 +80,11 @@ def _hf_layout(cfg: GemmaConfig):
         "layers/post_attn_norm": ("model.layers.{}.post_attention_layernorm.weight", *same),
         "layers/ffw_norm": ("model.layers.{}.pre_feedforward_layernorm.weight", *same),
         "layers/post_ffw_norm": ("model.layers.{}.post_feedforward_layernorm.weight", *same),
-        "layers/q": ("model.layers.{}.self_attn.q_proj.weight", lambda a: a.T.reshape(D, H, hd),
-                     lambda a: a.reshape(D, H * hd).T),
-        "layers/k": ("model.layers.{}.self_attn.k_proj.weight", lambda a: a.T.reshape(D, K, hd),
-                     lambda a: a.reshape(D, K * hd).T),
-        "layers/v": ("model.layers.{}.self_attn.v_proj.weight", lambda a: a.T.reshape(D, K, hd),
-                     lambda a: a.reshape(D, K * hd).T),
-        "layers/o": ("model.layers.{}.self_attn.o_proj.weight", lambda a: a.T.reshape(H, hd, D),
-                     lambda a: a.reshape(H * hd, D).T),
+        "layers/q": ("model.layers.{}.self_attn.q_proj.weight", *projection(H)),
+        "layers/k": ("model.layers.{}.self_attn.k_proj.weight", *projection(K)),
+        "layers/v": ("model.layers.{}.self_attn.v_proj.weight", *projection(K)),
+        # ours [H, hd, D] <- HF [D, H * hd]
+        "layers/o": ("model.layers.{}.self_attn.o_proj.weight", read_output, lambda a: a.reshape(H * hd, D).T),
         "layers/gate": ("model.layers.{}.mlp.gate_proj.weight", *t),
         "layers/up": ("model.layers.{}.mlp.up_proj.weight", *t),
         "layers/down": ("model.layers.{}.mlp.down_proj.weight", *t),
@@ -143,19 +126,27 @@ def read_hf_config(path: str | Path) -> GemmaConfig:
         raise CheckpointError(f"{cfg_file}: {e}") from None
 
 
-def _open_tensors(path: Path) -> dict[str, SafetensorsFile]:
+def _open_file(path: Path):
+    try:
+        return safe_open(str(path), framework="numpy")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{path}: not a complete safetensors file ({e})") from None
+
+
+def _open_tensors(path: Path) -> dict[str, tuple[Path, object]]:
+    """Each tensor's file and that file's open (memory-mapped) safetensors handle."""
     index = path / "model.safetensors.index.json"
     if index.is_file():
         weight_map = json.loads(index.read_text())["weight_map"]
-        files = {f: SafetensorsFile(path / f) for f in sorted(set(weight_map.values())) if (path / f).is_file()}
-        missing = sorted(set(weight_map.values()) - set(files))
+        missing = sorted(f for f in set(weight_map.values()) if not (path / f).is_file())
         if missing:
             raise CheckpointError(f"{index}: shard file {missing[0]} is missing")
+        files = {f: (path / f, _open_file(path / f)) for f in sorted(set(weight_map.values()))}
         return {name: files[f] for name, f in weight_map.items()}
     shards = sorted(path.glob("*.safetensors"))
     if not shards:
         raise CheckpointError(f"{path}: no *.safetensors files")
-    return {name: f for f in map(SafetensorsFile, shards) for name in f.entries}
+    return {name: (f, handle) for f in shards for handle in (_open_file(f),) for name in handle.keys()}
 
 
 def load_hf(path: str | Path, dtype=jnp.float32, shardings=None) -> tuple[GemmaConfig, dict]:
@@ -169,22 +160,32 @@ def load_hf(path: str | Path, dtype=jnp.float32, shardings=None) -> tuple[GemmaC
         for name in _hf_names(cfg, ours, pattern):
             if name not in tensors:
                 raise CheckpointError(f"{path}: tensor {name} is missing")
-            got = tensors[name].shape(name)
+            file, handle = tensors[name]
+            got = tuple(handle.get_slice(name).get_shape())
             if got != expected:
-                raise CheckpointError(f"{tensors[name].path}: tensor {name} has shape {list(got)}, "
-                                      f"expected {list(expected)}")
+                raise CheckpointError(f"{file}: tensor {name} has shape {list(got)}, expected {list(expected)}")
+
+    def reader(name: str) -> Callable:
+        file, handle = tensors[name]
+
+        def get(*hf_index):
+            try:
+                return handle.get_slice(name)[hf_index]
+            except (SafetensorError, TypeError) as e:
+                raise CheckpointError(f"{file}: tensor {name} cannot be read ({e})") from None
+        return get
+
     flat_shardings = _flat(shardings) if shardings is not None else {}
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     params = {}
-    for ours, (pattern, from_hf, _) in layout.items():
+    for ours, (pattern, read, _) in layout.items():
         names = _hf_names(cfg, ours, pattern)
-        stacked = ours.startswith("layers/")
 
-        def shard(index, names=names, stacked=stacked, from_hf=from_hf):
+        def shard(index, names=names, read=read, stacked=ours.startswith("layers/")):
             if not stacked:
-                return np.asarray(from_hf(tensors[names[0]].get(names[0]))[index], dtype)
-            rows = range(cfg.num_layers)[index[0]]
-            return np.stack([np.asarray(from_hf(tensors[names[i]].get(names[i]))[index[1:]], dtype) for i in rows])
+                return np.asarray(read(reader(names[0]), index), dtype)
+            layers = range(cfg.num_layers)[index[0]]
+            return np.stack([np.asarray(read(reader(names[i]), index[1:]), dtype) for i in layers])
 
         params[ours] = jax.make_array_from_callback(shapes[ours], flat_shardings.get(ours, device), shard)
     return cfg, _unflat(params)
