@@ -70,8 +70,8 @@ def test_agent_episode_is_the_same_with_either_kernels():
     for name in KERNELS:
         exp = build(load_experiment(None, [
             "model.checkpoint=shipped:nano-greedy-base", "model.tokenizer=shipped", f"model.kernels={name}",
-            "env.options={num_arms: 5, horizon: 5}", "rollout.temperature=0",
-            "rollout.max_new_tokens=24", "rollout.unroll_layers=true", "rollout.history_segments=2"]))
+            "env.options={num_arms: 5, horizon: 4}", "rollout.temperature=0",
+            "rollout.max_new_tokens=24", "rollout.unroll_layers=true", "rollout.history_segments=1"]))
         pool = exp.pool(jax.random.key(0), 2)
         trajectories[name] = jax.jit(exp.train_loop.rollout)(exp.init_params, pool, jax.random.key(1))
     cpu, plain = trajectories["cpu"], trajectories["plain"]

@@ -296,8 +296,9 @@ def _per_device_rollout_against_one_device_each(exp):
     got = loop.rollout_per_device(exp.mesh)(params, pool, key)
     steps = loop.num_steps
     assert [s.data.shape for s in got.tokens.addressable_shards] == [(2, steps, 8)] * 2
+    play = jax.jit(loop.rollout)
     for i in range(2):
-        want = jax.jit(loop.rollout)(params, rows, jax.random.fold_in(key, i))
+        want = play(params, rows, jax.random.fold_in(key, i))
         np.testing.assert_array_equal(got.tokens[2 * i:2 * i + 2], want.tokens)
         np.testing.assert_array_equal(got.lengths[2 * i:2 * i + 2], want.lengths)
         np.testing.assert_array_equal(got.actions[2 * i:2 * i + 2], want.actions)
