@@ -29,46 +29,45 @@ class KVCache:
         return self.v.shape[3]
 
 
-def key_slot_axis(cfg: GemmaConfig) -> int:
-    """The slot axis of stored keys, counted from the end."""
-    return -1 if cpu_kernels.active(cfg) else -2
+def _slot_axes(cfg: GemmaConfig) -> tuple[int, int]:
+    """The slot axis of stored keys and of stored values, counted from the end."""
+    return (-1 if cpu_kernels.active(cfg) else -2), -2
 
 
 def stored(cfg: GemmaConfig, k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Keys/values ``[..., T, K, hd]`` of a chunk in the stored layout."""
-    return jnp.moveaxis(k, -3, key_slot_axis(cfg)), jnp.moveaxis(v, -3, -2)
+    return tuple(jnp.moveaxis(a, -3, axis) for a, axis in zip((k, v), _slot_axes(cfg)))
 
 
 def unstored(cfg: GemmaConfig, k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Inverse of :func:`stored`: ``[..., T, K, hd]``."""
-    return jnp.moveaxis(k, key_slot_axis(cfg), -3), jnp.moveaxis(v, -2, -3)
+    return tuple(jnp.moveaxis(a, axis, -3) for a, axis in zip((k, v), _slot_axes(cfg)))
 
 
 def slot_range(cfg: GemmaConfig, k: jax.Array, v: jax.Array, start: int, stop: int | None = None):
     """Stored keys/values cut to slots ``start .. stop - 1`` (static bounds)."""
     stop = v.shape[-2] if stop is None else stop
-    axis = k.ndim + key_slot_axis(cfg)
-    return jax.lax.slice_in_dim(k, start, stop, axis=axis), jax.lax.slice_in_dim(v, start, stop, axis=v.ndim - 2)
+    return tuple(jax.lax.slice_in_dim(a, start, stop, axis=a.ndim + axis) for a, axis in zip((k, v), _slot_axes(cfg)))
 
 
 def gather_slots(cfg: GemmaConfig, k: jax.Array, v: jax.Array, at: jax.Array):
-    """Stored per-row keys/values ``[B, K, .., S, ..]`` at slots ``at [B, N]`` of each row."""
-    key_at = at[:, None, None, :] if key_slot_axis(cfg) == -1 else at[:, None, :, None]
-    return (jnp.take_along_axis(k, key_at, axis=k.ndim + key_slot_axis(cfg)),
-            jnp.take_along_axis(v, at[:, None, :, None], axis=v.ndim - 2))
+    """Stored per-row keys/values ``[B, ...]`` at slots ``at [B, N]`` of each row."""
+    def gather(a, axis):
+        axis += a.ndim
+        return jnp.take_along_axis(a, jnp.expand_dims(at, [d for d in range(1, a.ndim) if d != axis]), axis=axis)
+    return tuple(gather(a, axis) for a, axis in zip((k, v), _slot_axes(cfg)))
 
 
 def concat_slots(cfg: GemmaConfig, a: tuple[jax.Array, jax.Array], b: tuple[jax.Array, jax.Array]):
     """Stored keys/values ``a`` followed, slot-wise, by ``b``."""
-    return (jnp.concatenate([a[0], b[0]], axis=a[0].ndim + key_slot_axis(cfg)),
-            jnp.concatenate([a[1], b[1]], axis=a[1].ndim - 2))
+    return tuple(jnp.concatenate([x, y], axis=x.ndim + axis) for x, y, axis in zip(a, b, _slot_axes(cfg)))
 
 
 def write_slot(cfg: GemmaConfig, k: jax.Array, v: jax.Array, new_k: jax.Array, new_v: jax.Array, slot):
     """Stored keys/values with the chunk ``new_k, new_v [..., T, K, hd]`` written from ``slot`` on (every row)."""
-    new_k, new_v = stored(cfg, new_k.astype(k.dtype), new_v.astype(v.dtype))
-    return (jax.lax.dynamic_update_slice_in_dim(k, new_k, slot, k.ndim + key_slot_axis(cfg)),
-            jax.lax.dynamic_update_slice_in_dim(v, new_v, slot, v.ndim - 2))
+    new = stored(cfg, new_k.astype(k.dtype), new_v.astype(v.dtype))
+    return tuple(jax.lax.dynamic_update_slice_in_dim(a, n, slot, a.ndim + axis)
+                 for a, n, axis in zip((k, v), new, _slot_axes(cfg)))
 
 
 def init_cache(cfg: GemmaConfig, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
@@ -96,13 +95,14 @@ def write_kv(cfg: GemmaConfig, cache: KVCache, k: jax.Array, v: jax.Array, posit
     """Store ``k, v [L, B, T, K, hd]`` at slots ``positions [B, T]`` of every layer; slots at or past
     ``max_len`` are dropped."""
     rows = jnp.broadcast_to(jnp.arange(positions.shape[0])[:, None], positions.shape)
-    # Advanced indices split by a slice put their [B, T] dims first: values are [B, T, L, K, hd].
-    k = jnp.moveaxis(k, 0, 2).astype(cache.k.dtype)
-    v = jnp.moveaxis(v, 0, 2).astype(cache.v.dtype)
-    key_at = (slice(None), rows, slice(None), slice(None), positions) if key_slot_axis(cfg) == -1 else \
-        (slice(None), rows, slice(None), positions)
-    return cache.replace(k=cache.k.at[key_at].set(k, mode="drop"),
-                         v=cache.v.at[:, rows, :, positions].set(v, mode="drop"))
+
+    def write(into, chunk, axis):
+        at = [slice(None)] * into.ndim
+        at[1], at[into.ndim + axis] = rows, positions
+        # Advanced indices split by a slice put their [B, T] dims first: the chunk goes in as [B, T, L, K, hd].
+        return into.at[tuple(at)].set(jnp.moveaxis(chunk, 0, 2).astype(into.dtype), mode="drop")
+    new_k, new_v = (write(*args) for args in zip((cache.k, cache.v), (k, v), _slot_axes(cfg)))
+    return cache.replace(k=new_k, v=new_v)
 
 
 def rewind(cache: KVCache, positions: jax.Array) -> KVCache:

@@ -55,8 +55,8 @@ def _hf_layout(cfg: GemmaConfig):
 
     def heads(n: slice, count: int) -> slice:
         """The rows of HF's ``[count * hd, ...]`` projection that hold heads ``n``."""
-        heads = range(count)[n]
-        return slice(heads.start * hd, heads.stop * hd)
+        picked = range(count)[n]
+        return slice(picked.start * hd, picked.stop * hd)
 
     same = (lambda get, ix: get(*ix), lambda a: a)
     t = (lambda get, ix: get(ix[1], ix[0]).T, lambda a: a.T)
