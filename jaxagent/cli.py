@@ -10,7 +10,7 @@ from pathlib import Path
 
 from envs_jax.yaml_config import ConfigError
 
-BENCHMARKS = ("envs", "text", "sampler", "rollout", "scale")
+BENCHMARKS = ("envs", "text", "sampler", "rollout", "scale", "restarts")
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU devices to split our rows over (default: one per available core; 1: one device)")
     p.set_defaults(func=_cmd_bench)
 
-    for name, text in (("train", "train an agent (SFT, RLFT, or SFT then RLFT)"),
+    for name, text in (("train", "train an agent (SFT, RLFT, SFT then RLFT; SFT-POS, SFT-ALL, RFT, EEF)"),
                        ("eval", "evaluate a checkpoint"),
                        ("export", "export a checkpoint as a Hugging Face directory")):
         p = sub.add_parser(name, help=text)

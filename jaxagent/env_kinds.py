@@ -28,12 +28,13 @@ class EnvKind:
     def arms(self) -> bool:
         return not self.games
 
-    def expert(self, env, tokenizer, labels, name: str, reasoning: bool = True, stats: bool = True):
+    def expert(self, env, tokenizer, labels, name: str, reasoning: bool = True, stats: bool = True,
+               blunder: float = 0.0):
         """The expert ``name`` (one of ``experts`` or ``baselines``' values) writing ``rationale + ACTION=X``
-        (``reasoning``) or the action alone."""
+        (``reasoning``) or the action alone; ``blunder``: its chance of a random action per turn."""
         if self.games:
-            return MinimaxExpert(env, tokenizer, labels, reasoning)
-        return Expert(name, tokenizer, labels, env.horizon, stats=stats, reasoning=reasoning)
+            return MinimaxExpert(env, tokenizer, labels, reasoning, blunder=blunder)
+        return Expert(name, tokenizer, labels, env.horizon, stats=stats, reasoning=reasoning, blunder=blunder)
 
     def baseline_experts(self, env, tokenizer, labels) -> dict:
         """The reference players of reports: bandit experts with their rationale, minimax with the action alone."""

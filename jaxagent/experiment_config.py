@@ -17,8 +17,12 @@ from envs_jax.yaml_config import ConfigError
 
 _field = dataclasses.field
 
-# trainer -> its phases, run in order, each continuing from the last one's parameters (see jaxagent.trainers.PHASES)
-TRAINERS = {"sft": ("sft",), "rlft": ("rlft",), "sft_then_rlft": ("sft", "rlft")}
+# trainer -> its phases, run in order, each continuing from the last one's parameters (see jaxagent.trainers.PHASES),
+# or the EEF paper's methods, each run on tasks from the same starting checkpoint (see jaxagent.trainers.expert_tasks)
+TRAINERS = {"sft": ("sft",), "rlft": ("rlft",), "sft_then_rlft": ("sft", "rlft"),
+            "sft_pos": ("sft_pos",), "sft_all": ("sft_all",), "rft": ("rft",), "eef": ("eef",),
+            "eef_comparison": ("sft_pos", "sft_all", "rft", "rft_xN", "eef")}
+TASK_METHODS = ("sft_pos", "sft_all", "rft", "rft_xN", "eef")
 
 
 def _require(ok: bool, key: str, rule: str, value: Any) -> None:
@@ -174,6 +178,40 @@ class SFTConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EEFConfig:
+    """Tasks, the expert and the iterations of the EEF paper's methods (SFT-POS, SFT-ALL, RFT, RFT×N, EEF)."""
+    success: str = "win"                   # the env kind's success predicate (win, not_lose; regret_below)
+    success_threshold: float | None = None  # regret_below: success = final cumulative regret below this
+    train_tasks: int = 128                 # training tasks (initial states with the agent to move)
+    eval_tasks: int = 128                  # held-out tasks, the same for every method and seed
+    opening_plies: tuple[int, ...] = (0,)  # random moves (games: with the opponent's replies) before a task starts
+    expert: str = "minimax"                # an expert of the env's kind (minimax; ucb, greedy)
+    expert_blunder: float = 0.0            # the expert's chance of a random action per turn
+    expert_checkpoint: str | None = None   # instead: this policy (a directory or shipped:NAME), played greedily
+    num_restarts: int = 5                  # M: restarts along each failed expert episode, every ⌊n / (M+1)⌋ steps
+    iterations: int = 3                    # exploration + fine-tuning rounds after SFT-POS
+    rollouts_per_task: int = 1             # RFT: policy episodes per task per iteration
+    finetune_from: Literal["continue", "sft_pos"] = "continue"  # each iteration's starting parameters
+    initial_states: bool = True            # EEF trains on the initial states' trajectories (D_s0)
+    recover_states: bool = True            # EEF trains on the need-recover states' trajectories (D_r)
+    sft_updates: int = 100                 # SFT-POS / SFT-ALL updates
+    updates_per_iteration: int = 50
+    batch_size: int = 32                   # episodes per update (one packed episode per row)
+    learning_rate: float | None = None     # peak learning rate; None = optim.learning_rate
+    seeds: tuple[int, ...] = (0,)          # one run of each method per seed (tasks, expert episodes, sampling)
+    rollout_chunk: int = 64                # rows per compiled rollout call
+
+    def validate(self) -> None:
+        _positive(self, "eef", "train_tasks", "eval_tasks", "num_restarts", "iterations", "rollouts_per_task",
+                  "sft_updates", "updates_per_iteration", "batch_size", "rollout_chunk")
+        _require(all(p >= 0 for p in self.opening_plies) and bool(self.opening_plies), "eef.opening_plies",
+                 "must be a non-empty list of numbers >= 0", list(self.opening_plies))
+        _unit_interval(self, "eef", "expert_blunder")
+        _require(bool(self.seeds) and len(set(self.seeds)) == len(self.seeds), "eef.seeds",
+                 "must be a non-empty list of distinct seeds", list(self.seeds))
+
+
+@dataclasses.dataclass(frozen=True)
 class OptimConfig:
     name: Literal["adafactor", "adamw"] = "adafactor"
     learning_rate: float = 1e-4
@@ -243,6 +281,7 @@ class ExperimentConfig:
     rollout: RolloutConfig = _field(default_factory=RolloutConfig)
     rl: RLConfig = _field(default_factory=RLConfig)
     sft: SFTConfig = _field(default_factory=SFTConfig)
+    eef: EEFConfig = _field(default_factory=EEFConfig)
     optim: OptimConfig = _field(default_factory=OptimConfig)
     eval: EvalConfig = _field(default_factory=EvalConfig)
     run: RunConfig = _field(default_factory=RunConfig)

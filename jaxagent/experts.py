@@ -3,7 +3,9 @@ tic-tac-toe: minimax.
 
 UCB plays every arm once, then the highest mean + sqrt(1/n) (the paper's rationale form); greedy plays the best
 mean so far (a random arm before anything was tried) — the behaviour the paper finds in LLMs; random is the
-lower bound. The reasoning text comes from :class:`jaxagent.text.rationale.RationaleRenderer` (jittable and
+lower bound. Either kind can be made weaker with ``blunder``: the chance that a turn plays a uniformly random
+(legal) action instead, written up with the same rationale as a move of its own (EEF's experts that fail).
+The reasoning text comes from :class:`jaxagent.text.rationale.RationaleRenderer` (jittable and
 token-exact); ``act`` is the call an agent loop makes in place of sampling from the model.
 """
 from __future__ import annotations
@@ -20,14 +22,23 @@ EXPERTS = ("ucb", "greedy", "random")
 MINIMAX_REASON = "Square {} is a minimax move (win soonest, lose latest).\n"
 
 
+def blundered(key, action, blunder: float, legal):
+    """``action``, or with probability ``blunder`` a uniformly random action among ``legal`` (bool[A])."""
+    if not blunder:
+        return action
+    k_coin, k_move = jax.random.split(jax.random.fold_in(key, 1))
+    random_move = jax.random.categorical(k_move, jnp.where(legal, 0.0, -jnp.inf)).astype(action.dtype)
+    return jnp.where(jax.random.uniform(k_coin) < blunder, random_move, action)
+
+
 class Expert:
     """A bandit expert over ``labels``; ``stats``/``reasoning`` choose how much of its rationale it writes."""
 
     def __init__(self, kind: str, tokenizer: TextTokenizer, labels, horizon: int, stats: bool = True,
-                 reasoning: bool = True):
+                 reasoning: bool = True, blunder: float = 0.0):
         if kind not in EXPERTS:
             raise TextError(f"expert {kind!r}: expected one of {EXPERTS}")
-        self.kind, self.num_arms = kind, len(labels)
+        self.kind, self.num_arms, self.blunder = kind, len(labels), float(blunder)
         # random has no reasons to give: it writes the action alone
         self.rationale = RationaleRenderer(tokenizer, labels, horizon, "greedy" if kind == "greedy" else "ucb",
                                            stats=stats, reasoning=reasoning and kind != "random")
@@ -48,6 +59,7 @@ class Expert:
     def act(self, key, state, params) -> tuple[jax.Array, Piece]:
         """The expert's action and its reasoning tokens for an env state with ``counts``/``reward_sums``."""
         action = self.choose(key, state.counts, state.reward_sums)
+        action = blundered(key, action, self.blunder, jnp.ones(self.num_arms, bool))
         means, ucb = ucb_values(state.counts, state.reward_sums)
         tokens, length = self.rationale.tokens(state.counts, means, ucb, action)
         return action, (tokens[: self.width], length)
@@ -61,7 +73,8 @@ class Expert:
 class MinimaxExpert:
     """Tic-tac-toe minimax (random among equally good moves) with a one-line reason, or the action alone."""
 
-    def __init__(self, env, tokenizer: TextTokenizer, labels, reasoning: bool = True):
+    def __init__(self, env, tokenizer: TextTokenizer, labels, reasoning: bool = True, blunder: float = 0.0):
+        self.blunder = float(blunder)
         self.policy = envs_jax.baselines.make("minimax", env)
         self.reasons = Table(tokenizer, [MINIMAX_REASON.format(label) for label in labels], "minimax reason")
         self.actions = Table(tokenizer, [f"ACTION={label}{END_OF_TURN}" for label in labels], "action")
@@ -69,7 +82,7 @@ class MinimaxExpert:
         self.width = (self.reasons.width if reasoning else 0) + self.actions.width
 
     def act(self, key, state, params) -> tuple[jax.Array, Piece]:
-        action = self.policy(key, state, params)
+        action = blundered(key, self.policy(key, state, params), self.blunder, state.legal_mask)
         pieces = ([self.reasons(action)] if self.reasoning else []) + [self.actions(action)]
         return action, join(pieces, self.pad_id)
 

@@ -45,17 +45,19 @@ def token_mask(traj) -> jax.Array:
     return (generated & traj.active[..., None]).astype(jnp.float32)
 
 
-def pack(prefix_tokens: jax.Array, traj, pad_id: int) -> PackedEpisodes:
-    """Pack the episodes of a :class:`jaxagent.rollout.Trajectory` (batch-major) with the shared prompt prefix."""
+def pack(prefix_tokens: jax.Array, traj, pad_id: int, history_width: int | None = None) -> PackedEpisodes:
+    """Pack the episodes of a :class:`jaxagent.rollout.Trajectory` (batch-major) with the shared prompt prefix.
+    ``history_width``: the most history tokens a row holds (default: its start history's width plus every step's
+    line); rows of one episode each hold at most the horizon's lines, a narrower shared sequence to score."""
     token_fields = traj.replace(states=None, prefix_length=None)
-    return jax.vmap(lambda row: _pack_row(prefix_tokens, row, pad_id))(token_fields)
+    return jax.vmap(lambda row: _pack_row(prefix_tokens, row, pad_id, history_width))(token_fields)
 
 
-def _pack_row(prefix_tokens, row, pad_id):
+def _pack_row(prefix_tokens, row, pad_id, history_width):
     P, S0 = prefix_tokens.shape[0], row.start_tokens.shape[0]
     T, Lh = row.line_tokens.shape
     Lt, G = row.tail_tokens.shape[1], row.tokens.shape[1]
-    S, W = P + S0 + T * Lh, Lt + G
+    S, W = P + (S0 + T * Lh if history_width is None else history_width), Lt + G
 
     first = row.first.astype(jnp.int32)
     episode = jnp.cumsum(first) - first[0]  # [T], 0 for the first episode (a started row's starts mid-way)

@@ -103,11 +103,14 @@ def test_build_hands_every_prompt_and_rollout_setting_to_the_episode():
 def test_every_trainer_and_advantage_name_the_config_accepts_has_an_implementation():
     import typing
 
-    from jaxagent.experiment_config import TRAINERS, RLConfig
-    from jaxagent.trainers import PHASES
+    from jaxagent.experiment_config import TASK_METHODS, TRAINERS, RLConfig
+    from jaxagent.trainers import PHASES, compare
     from jaxagent.trainers.rlft import ADVANTAGES
 
-    assert {phase for phases in TRAINERS.values() for phase in phases} == set(PHASES)
+    assert {phase for phases in TRAINERS.values() for phase in phases} == set(PHASES) | set(TASK_METHODS)
+    assert set(compare.runners(2)) == set(TASK_METHODS)
+    for phases in TRAINERS.values():  # a trainer runs phases in sequence, or methods on tasks: never both
+        assert set(phases) <= set(PHASES) or set(phases) <= set(TASK_METHODS)
     assert set(typing.get_args(typing.get_type_hints(RLConfig)["advantage"])) == set(ADVANTAGES)
     for name in TRAINERS:
         assert load_experiment(None, [f"trainer={name}"]).trainer == name

@@ -1,17 +1,18 @@
 """``jaxagent train|eval|export CONFIG [key=value ...]``: the trainers (``trainer`` in the config names one of
-``jaxagent.experiment_config.TRAINERS``, a sequence of the phases below), with paired evaluation."""
+``jaxagent.experiment_config.TRAINERS``: a sequence of the phases below, with paired evaluation, or the EEF paper's
+methods on tasks, compared in :mod:`jaxagent.trainers.compare`)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from envs_jax.yaml_config import ConfigError
 from jaxagent.checkpoint import Checkpointer, is_step_directory
-from jaxagent.experiment_config import TRAINERS, load_experiment
+from jaxagent.experiment_config import TASK_METHODS, TRAINERS, load_experiment
 from jaxagent.model import load_policy
 from jaxagent.model.policy import Policy
 from jaxagent.runlog import RunLog
 from jaxagent.text.tokenizer import save_hf_tokenizer
-from jaxagent.trainers import rlft, sft
+from jaxagent.trainers import compare, rlft, sft
 from jaxagent.trainers.evaluate import Evaluator, print_table, summarise, write_report
 from jaxagent.trainers.setup import build, tokenizer_for
 
@@ -35,6 +36,11 @@ def train_from_config(path, overrides) -> dict:
     cfg = load_experiment(path, overrides)
     exp = build(cfg)
     directory = cfg.run.directory
+    if set(TRAINERS[cfg.trainer]) <= set(TASK_METHODS):
+        with RunLog(directory, cfg, seeds={"eef": list(cfg.eef.seeds), "eval": cfg.eval.seed}) as log:
+            results = compare.run(exp, TRAINERS[cfg.trainer], directory, log)
+        print(f"run directory: {directory} (eef_results.json, eef_results.csv, eef_success.png, tb/)")
+        return results
     with RunLog(directory, cfg, seeds={"run": cfg.run.seed, "eval": cfg.eval.seed}) as log:
         evaluator = Evaluator(exp, cfg.eval.num_episodes, cfg.eval.seed)
         curves = _baselines(exp, evaluator)

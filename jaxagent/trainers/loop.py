@@ -9,6 +9,7 @@ batch sizes are given in step contexts, as in the paper, and rounded to whole ep
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
 from pathlib import Path
@@ -87,6 +88,25 @@ class Phase:
     weights: dict | None = None   # loss term → weight; None = every term 1
 
 
+_STEPS: collections.OrderedDict = collections.OrderedDict()
+
+
+def _train_step(phase: Phase, optim, state: TrainState, batch_sharding):
+    """The jitted update for ``phase``, one per distinct setting: phases that differ only in name and data (EEF's
+    iterations, the methods and seeds of a comparison, with one ``loss_fn`` object) share one program."""
+    shardings = shardings_of(state)
+    key = (phase.loss_fn, optim, phase.num_updates, phase.num_micro_batches,
+           tuple(sorted((phase.weights or {}).items())), jax.tree.structure(shardings),
+           tuple(jax.tree.leaves(shardings)), batch_sharding)
+    if key not in _STEPS:
+        _STEPS[key] = make_train_step(phase.loss_fn, make_optimizer(optim, phase.num_updates),
+                                      num_micro_batches=phase.num_micro_batches, weights=phase.weights,
+                                      state_sharding=shardings, batch_sharding=batch_sharding)
+        while len(_STEPS) > 8:
+            _STEPS.popitem(last=False)
+    return _STEPS[key]
+
+
 def run_phase(exp, phase: Phase, params, directory: Path, key: jax.Array, log: RunLog, evaluate=None):
     """Optimizer, checkpoints (resuming from the last one in ``directory``) and the fit loop; the tuned params."""
     cfg = exp.cfg
@@ -98,9 +118,7 @@ def run_phase(exp, phase: Phase, params, directory: Path, key: jax.Array, log: R
     checkpointer = Checkpointer(directory / "checkpoints", keep=cfg.run.keep_checkpoints)
     try:
         state = resume(checkpointer, create_train_state(params, optimizer))
-        step_fn = make_train_step(phase.loss_fn, optimizer, num_micro_batches=phase.num_micro_batches,
-                                  weights=phase.weights, state_sharding=shardings_of(state),
-                                  batch_sharding=exp.batch_sharding())
+        step_fn = _train_step(phase, optim, state, exp.batch_sharding())
         state = fit(phase.name, state, total_updates=phase.num_updates, key=key, make_data=phase.make_data,
                     train_step=step_fn, log=log, checkpointer=checkpointer,
                     checkpoint_every=cfg.run.checkpoint_every, log_every=cfg.run.log_every, on_eval=evaluate,

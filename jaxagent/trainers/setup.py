@@ -67,7 +67,7 @@ def make_experiment_mesh(sizes: tuple[int, int, int]) -> Mesh:
 SHIPPED = "shipped:"
 
 
-def checkpoint_path(value: str) -> Path:
+def checkpoint_path(value: str, key: str = "model.checkpoint") -> Path:
     """``model.checkpoint``: a directory, or ``shipped:NAME`` for a checkpoint shipped in ``jaxagent/assets``
     (made with the shipped tokenizer)."""
     if value.startswith(SHIPPED):
@@ -75,7 +75,7 @@ def checkpoint_path(value: str) -> Path:
     else:
         path = Path(value)
     if not path.is_dir():
-        raise ConfigError(f"config key 'model.checkpoint': directory not found: {path}")
+        raise ConfigError(f"config key '{key}': directory not found: {path}")
     return path
 
 
