@@ -1,5 +1,6 @@
 """End-to-end trainer behaviour on a tiny set-up: exact resume after an interruption, clear errors, two devices."""
 import dataclasses
+import shutil
 import sys
 import zlib
 from pathlib import Path
@@ -36,16 +37,13 @@ def _fingerprint(batch) -> int:
     return zlib.crc32(b"".join(np.asarray(x).tobytes() for x in jax.tree.leaves(batch)))
 
 
-def _watch_steps(monkeypatch, interrupt_at=None):
-    """(step, batch fingerprint) of every update the phases run from now on (a list that grows);
-    ``KeyboardInterrupt`` at update ``interrupt_at``."""
+def _watch_steps(monkeypatch):
+    """(step, batch fingerprint) of every update the phases run from now on (a list that grows)."""
     seen, real_fit = [], loop.fit
 
     def fit(*args, train_step, **kw):
         def step(state, batch):
             seen.append((int(state.step), _fingerprint(batch)))
-            if seen[-1][0] == interrupt_at:
-                raise KeyboardInterrupt
             return train_step(state, batch)
         return real_fit(*args, train_step=step, **kw)
     monkeypatch.setattr(loop, "fit", fit)
@@ -57,18 +55,17 @@ def _run_phase(exp, train, directory):
         return train(exp, exp.init_params, directory / "phase", log)
 
 
-def _interrupt_and_resume(exp, train, tmp_path, monkeypatch, interrupt_at, checkpoint):
-    """A phase of ``exp`` interrupted at update ``interrupt_at`` and restarted resumes from its checkpoint of
-    update ``checkpoint`` (same updates on the same batches) and ends with the parameters of an uninterrupted run,
-    bit for bit. Returns the uninterrupted run's (step, batch fingerprint) list."""
+def _killed_and_resumed(exp, train, tmp_path, monkeypatch, checkpoint):
+    """A phase of ``exp`` killed after its checkpoint of update ``checkpoint`` (the run directory as the
+    uninterrupted run left it then: later checkpoints absent) and started again resumes from that checkpoint (same
+    updates on the same batches) and ends with the parameters of the uninterrupted run, bit for bit. Returns the
+    uninterrupted run's (step, batch fingerprint) list."""
     every_step = _watch_steps(monkeypatch)
     straight = _run_phase(exp, train, tmp_path / "straight")
     monkeypatch.undo()
-    seen = _watch_steps(monkeypatch, interrupt_at)
-    with pytest.raises(KeyboardInterrupt):
-        _run_phase(exp, train, tmp_path / "resumed")
-    assert seen == every_step[:interrupt_at + 1]
-    monkeypatch.undo()
+    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+    later = [d for d in (tmp_path / "resumed" / "phase" / "checkpoints").iterdir() if int(d.name) > checkpoint]
+    assert later and all(shutil.rmtree(d) is None for d in later)
     seen = _watch_steps(monkeypatch)
     resumed = _run_phase(exp, train, tmp_path / "resumed")
     assert seen == every_step[checkpoint:]
@@ -80,15 +77,15 @@ def _interrupt_and_resume(exp, train, tmp_path, monkeypatch, interrupt_at, check
 
 def test_interrupted_sft_resumes_to_the_same_parameters(tmp_path, monkeypatch):
     exp = build(load_experiment(None, TINY))  # 4 updates, checkpoints every 2
-    _interrupt_and_resume(exp, sft.train, tmp_path, monkeypatch, interrupt_at=3, checkpoint=2)
+    _killed_and_resumed(exp, sft.train, tmp_path, monkeypatch, checkpoint=2)
 
 
 def test_interrupted_rlft_resumes_to_the_same_parameters(tmp_path, monkeypatch):
     # one 3-step episode an update, rollouts of 2 episodes, 2 epochs: 4 updates a rollout, its 2 batches twice in
-    # order; the interruption falls in the 2nd rollout, whose start is the last checkpoint
+    # order; killed in the 2nd rollout, whose start is the last checkpoint
     exp = build(load_experiment(None, TINY + ["rollout.max_new_tokens=8", "rollout.envs_per_rollout=2",
                                               "rl.batch_size=3", "rl.epochs=2", "rl.num_updates=8"]))
-    every_step = _interrupt_and_resume(exp, rlft.train, tmp_path, monkeypatch, interrupt_at=5, checkpoint=4)
+    every_step = _killed_and_resumed(exp, rlft.train, tmp_path, monkeypatch, checkpoint=4)
     batches = [fingerprint for _, fingerprint in every_step]
     assert batches[:4] == batches[:2] * 2 and batches[4:] == batches[4:6] * 2
     assert len(set(batches)) == 4  # two rollouts, two distinct batches each
