@@ -22,7 +22,7 @@ OVERRIDES = ["trainer=eef_comparison", "env.name=tictactoe", "env.options={oppon
              "model.checkpoint=shipped:nano-greedy-base", "model.tokenizer=shipped", "sft.target=behaviour_cloning",
              "rollout.max_new_tokens=8", "eef.success=not_lose", "eef.train_tasks=8", "eef.eval_tasks=8",
              "eef.opening_plies=[1]", "eef.expert_blunder=1.0", "eef.num_restarts=4", "eef.iterations=2",
-             "eef.sft_updates=2", "eef.updates_per_iteration=2", "eef.batch_size=4", "eef.rollout_chunk=8",
+             "eef.sft_updates=1", "eef.updates_per_iteration=1", "eef.batch_size=2", "eef.rollout_chunk=8",
              "optim.name=adamw", "optim.warmup_steps=0", "optim.learning_rate=1e-3", "eval.seed=7"]
 
 
