@@ -19,10 +19,10 @@ _field = dataclasses.field
 
 # trainer -> its phases, run in order, each continuing from the last one's parameters (see jaxagent.trainers.PHASES),
 # or the EEF paper's methods, each run on tasks from the same starting checkpoint (see jaxagent.trainers.expert_tasks)
+TASK_METHODS = ("sft_pos", "sft_all", "rft", "rft_xN", "eef")
 TRAINERS = {"sft": ("sft",), "rlft": ("rlft",), "sft_then_rlft": ("sft", "rlft"),
             "sft_pos": ("sft_pos",), "sft_all": ("sft_all",), "rft": ("rft",), "eef": ("eef",),
-            "eef_comparison": ("sft_pos", "sft_all", "rft", "rft_xN", "eef")}
-TASK_METHODS = ("sft_pos", "sft_all", "rft", "rft_xN", "eef")
+            "eef_comparison": TASK_METHODS}
 
 
 def _require(ok: bool, key: str, rule: str, value: Any) -> None:

@@ -47,9 +47,8 @@ def _replay(exp, seeded, params, task, steps, key) -> None:
         for t in range(k):
             keys = jax.random.split(jax.random.fold_in(key, r * 8 + t))
             _, state, *_ = step(keys[1], state, seeded.expert.actions[i, t], env_params)
-        batch = lambda x: x[None]
-        jax.block_until_ready(rollout(params, jax.tree.map(batch, env_params), jax.random.fold_in(key, r),
-                                      jax.tree.map(batch, state)).tokens)
+        one_row = lambda tree: jax.tree.map(lambda x: x[None], tree)
+        jax.block_until_ready(rollout(params, one_row(env_params), jax.random.fold_in(key, r), one_row(state)).tokens)
 
 
 def run(quick: bool = False) -> dict:

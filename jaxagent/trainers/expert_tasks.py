@@ -150,12 +150,13 @@ class Repository:
         np.savez(tmp, *leaves)
         os.replace(tmp, path)
 
-    def load(self, path: Path, like) -> "Repository":
+    @classmethod
+    def load(cls, path: Path, like) -> "Repository":
         """The repository saved at ``path``; ``like`` (a repository or trajectory) gives the tree structure."""
         with np.load(path) as data:
             leaves = [data[f"arr_{i}"] for i in range(len(data.files))]
         structure = jax.tree.structure(like.replace(states=None, prefix_length=None))
-        return Repository(jax.tree.unflatten(structure, leaves[:-1]), leaves[-1])
+        return cls(jax.tree.unflatten(structure, leaves[:-1]), leaves[-1])
 
 
 def sft_batch_fn(exp):

@@ -139,7 +139,8 @@ def _cloned(ctx: Context, seeded: Seeded, method: str, successes_only: bool):
     directory = ctx.directory / method / f"seed_{seeded.seed}"
     repo = expert_repository(seeded, successes_only)
     if len(repo) == 0:
-        raise ConfigError(f"config key 'eef.expert_blunder': the expert succeeded on none of the "
+        key = "eef.expert_checkpoint" if ctx.exp.cfg.eef.expert_checkpoint else "eef.expert_blunder"
+        raise ConfigError(f"config key '{key}': the expert succeeded on none of the "
                           f"{len(seeded.expert_success)} training tasks (seed {seeded.seed}): nothing to clone")
     done = directory / "result.json"
     start = time.perf_counter()
@@ -179,7 +180,7 @@ def iterate(ctx: Context, seeded: Seeded, name: str, explore: Callable) -> dict:
         if progress.exists():  # finished before a restart: its parameters and data come back from disk
             entry = json.loads(progress.read_text())
             params = _finetuned(ctx, params, base, repo, it_dir, key, name, seeded, it, entry["skipped"])
-            repo = repo.load(it_dir / "repository.npz", seeded.expert)
+            repo = Repository.load(it_dir / "repository.npz", seeded.expert)
         else:
             start = time.perf_counter()
             episodes, masks, keep, diagnostics, sims = explore(ctx, seeded, params, jax.random.fold_in(key, 0))
