@@ -188,6 +188,7 @@ class EEFConfig:
     expert: str = "minimax"                # an expert of the env's kind (minimax; ucb, greedy)
     expert_blunder: float = 0.0            # the expert's chance of a random action per turn
     expert_checkpoint: str | None = None   # instead: this policy (a directory or shipped:NAME), played greedily
+    expert_file: str | None = None         # instead: tasks and expert episodes from this file (docs/eef.md)
     num_restarts: int = 5                  # M: restarts along each failed expert episode, every ⌊n / (M+1)⌋ steps
     iterations: int = 3                    # exploration + fine-tuning rounds after SFT-POS
     rollouts_per_task: int = 1             # RFT: policy episodes per task per iteration
@@ -207,6 +208,8 @@ class EEFConfig:
         _require(all(p >= 0 for p in self.opening_plies) and bool(self.opening_plies), "eef.opening_plies",
                  "must be a non-empty list of numbers >= 0", list(self.opening_plies))
         _unit_interval(self, "eef", "expert_blunder")
+        _require(self.expert_file is None or self.expert_checkpoint is None, "eef.expert_file",
+                 "cannot be set with eef.expert_checkpoint (one expert per run)", self.expert_file)
         _require(bool(self.seeds) and len(set(self.seeds)) == len(self.seeds), "eef.seeds",
                  "must be a non-empty list of distinct seeds", list(self.seeds))
 

@@ -154,11 +154,12 @@ class AgentLoop:
             return jnp.zeros((0,), jnp.int32), jnp.int32(0)
         return self.renderer.history(state, env_params, state.t - 1)
 
-    def _play(self, env_params, key, generate, extra, segments, start=None):
+    def _play(self, env_params, key, generate, extra, segments, start=None, env_keys=None):
         """The episode scan shared by the model and the experts: ``generate(extra, key, state, first, line,
         tail, history_len) -> (extra, tokens[B, G], logprobs[B, G], lengths[B])`` writes each step's output;
         ``history_len`` bounds every row's cache end at that step (static), per ``segments`` (see ``_segments``).
-        ``start``: the rows' first env states (one episode each) instead of a reset."""
+        ``start``: the rows' first env states (one episode each) instead of a reset. ``env_keys`` ``[B, T]``: each
+        row's key for each env step (parse fallback, step, reset) instead of keys drawn from ``key``."""
         B = jax.tree.leaves(env_params)[0].shape[0]
         k_reset, k_steps = jax.random.split(key)
         if start is None:
@@ -169,9 +170,12 @@ class AgentLoop:
             start_tokens, start_lengths = jax.vmap(self.start_history)(start, env_params)
         env_step = functools.partial(self._env_step, auto_reset=start is None)
 
-        def step(history_len, carry, key):
+        def step(history_len, carry, keys):
             state, live, extra = carry
+            key, row_keys = keys
             k_gen, k_env = jax.random.split(key)
+            if row_keys is None:
+                row_keys = jax.random.split(k_env, B)
             first, line, tail = jax.vmap(self._prompt_pieces)(state, env_params)
             line = (line[0], jnp.where(live, line[1], 0))  # an ended episode's prompt gains no line
             extra, gen, logp, gen_len = generate(extra, k_gen, state, first, line, tail, history_len)
@@ -182,7 +186,7 @@ class AgentLoop:
                 gen = jnp.where(forced[:, None], tokens, gen)
                 gen_len = jnp.where(forced, lengths, gen_len)
                 logp = jnp.where(forced[:, None], 0.0, logp)
-            next_state, outs = jax.vmap(env_step)(jax.random.split(k_env, B), state, gen, gen_len, env_params)
+            next_state, outs = jax.vmap(env_step)(row_keys, state, gen, gen_len, env_params)
             executed, valid, reward, train_reward, done, expected, best = outs
             reward, train_reward, done = reward * live, train_reward * live, done & live
             expected, best = expected * live, best * live  # no regret after a started row's episode
@@ -193,16 +197,19 @@ class AgentLoop:
 
         carry, parts = (state, jnp.ones((B,), bool), extra), []
         keys = jax.random.split(k_steps, self.num_steps)
+        row_keys = None if env_keys is None else jnp.swapaxes(env_keys, 0, 1)
         for first_step, end_step, history_len in segments:
-            carry, records = jax.lax.scan(functools.partial(step, history_len), carry, keys[first_step:end_step])
+            part = (keys[first_step:end_step], None if row_keys is None else row_keys[first_step:end_step])
+            carry, records = jax.lax.scan(functools.partial(step, history_len), carry, part)
             parts.append(records)
         records = jax.tree.map(lambda *xs: jnp.swapaxes(jnp.concatenate(xs), 0, 1), *parts)  # batch-major
         return Trajectory(*records, start_tokens=start_tokens, start_lengths=start_lengths,
                           prefix_length=jnp.int32(self.renderer.prefix[1]))
 
-    def rollout(self, model_params, env_params, key, start=None) -> Trajectory:
+    def rollout(self, model_params, env_params, key, start=None, env_keys=None) -> Trajectory:
         """Play ``num_steps`` steps with the model in each of the ``B`` env instances of ``env_params``, from a
-        reset or, with ``start`` (env states batched like ``env_params``), from those states, one episode each."""
+        reset or, with ``start`` (env states batched like ``env_params``), from those states, one episode each;
+        ``env_keys`` as in ``_play``."""
         r, cfg = self.renderer, self.model_cfg
         B = jax.tree.leaves(env_params)[0].shape[0]
         if self.unroll_layers:
@@ -243,7 +250,7 @@ class AgentLoop:
                 history_len=history_len, unroll_layers=self.unroll_layers, shared_prefix=shared)
             return (cache, end_of_history), gen, logp, gen_len
 
-        return self._play(env_params, key, generate, (cache, end_of_history), segments, start)
+        return self._play(env_params, key, generate, (cache, end_of_history), segments, start, env_keys)
 
     def rollout_per_device(self, mesh) -> Callable:
         """``rollout`` jitted as independent episodes on each device of ``mesh``'s batch axes (see
@@ -262,9 +269,9 @@ class AgentLoop:
             return self.rollout_per_device(mesh)
         return self.rollout
 
-    def expert_rollout(self, expert, env_params, key, start=None) -> Trajectory:
+    def expert_rollout(self, expert, env_params, key, start=None, env_keys=None) -> Trajectory:
         """Play with an :class:`jaxagent.experts.Expert`; its reasoning tokens stand where the model's would.
-        ``start`` as in :meth:`rollout`."""
+        ``start`` and ``env_keys`` as in :meth:`rollout`."""
         _check_budget(expert.width, self.max_new_tokens, "expert reasoning")
         B = jax.tree.leaves(env_params)[0].shape[0]
         G, pad = self.max_new_tokens, self.renderer.pad_id
@@ -274,7 +281,17 @@ class AgentLoop:
             tokens = _fit(tokens, G, pad)
             return extra, tokens, jnp.zeros(tokens.shape, jnp.float32), lengths
 
-        return self._play(env_params, key, generate, (), [(0, self.num_steps, None)], start)
+        return self._play(env_params, key, generate, (), [(0, self.num_steps, None)], start, env_keys)
+
+    def replay(self, env_params, start, tokens, lengths, env_keys) -> Trajectory:
+        """The episodes whose turns were ``tokens [B, T, G]`` / ``lengths [B, T]`` (a recorded expert's text, pad
+        after), from ``start`` with the recorded ``env_keys [B, T]``: parsed and stepped as a played turn is."""
+        def generate(step, key, state, first, line, tail, history_len):
+            turn = tokens[:, step]
+            return step + 1, turn, jnp.zeros(turn.shape, jnp.float32), lengths[:, step]
+
+        return self._play(env_params, jax.random.key(0), generate, jnp.int32(0), [(0, self.num_steps, None)], start,
+                          env_keys)
 
     def jitted(self) -> Callable:
         return jax.jit(self.rollout)

@@ -14,7 +14,7 @@ from jaxagent import restarts
 from jaxagent.experiment_config import load_experiment
 from jaxagent.packing import score_packed
 from jaxagent.runlog import RunLog
-from jaxagent.trainers import compare, eef, rft
+from jaxagent.trainers import compare, eef, expert_file, rft
 from jaxagent.trainers.expert_tasks import Tasks, states_at, take
 from jaxagent.trainers.setup import build
 
@@ -38,30 +38,25 @@ def setting(tmp_path_factory):
     log.close()
 
 
-def _host_replay(exp, tasks, actions, key, k):
-    """The states after the first ``k`` expert actions from each task, with the per-row env keys the expert episode
-    used (``AgentLoop._play``: per step, the env key split over rows, then into random-action / step / reset keys)."""
-    B = len(tasks)
+def _host_replay(exp, tasks, actions, env_keys, k):
+    """The states after the first ``k`` expert actions from each task, stepped one by one on the host with the
+    expert's recorded env keys (each split into random-action / step / reset keys, as a played turn splits it)."""
     step = jax.jit(exp.env.step)
-    keys = jax.random.split(jax.random.split(key)[1], exp.train_loop.num_steps)
     states = []
-    for b in range(B):
+    for b in range(len(tasks)):
         params, state = take(tasks.params, b), take(tasks.states, b)
         for t in range(k[b]):
-            k_env = jax.random.split(jax.random.split(keys[t])[1], B)[b]
-            _, state, *_ = step(jax.random.split(k_env, 3)[1], state, actions[b, t], params)
+            _, state, *_ = step(jax.random.split(env_keys[b, t], 3)[1], state, actions[b, t], params)
         states.append(state)
     return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
 
 def test_a_restart_is_the_expert_state_and_trains_on_the_contexts_the_policy_saw(setting):
     exp, ctx, seeded = setting
-    # the expert's state at step k is the one its first k actions reach from the task (replayed with its keys: the
-    # 8 tasks are one chunk of 8 rows, played with the key folded with the chunk's index 0)
-    key = jax.random.key(3)
-    expert = ctx.expert(ctx.sim, seeded.tasks, key)
+    # the expert's state at step k is the one its first k actions reach from the task, with its keys
+    expert, env_keys = ctx.expert(ctx.sim, seeded.tasks, jax.random.key(3))
     k = np.minimum(np.asarray(expert.active.sum(1)) - 1, 2)
-    replayed = _host_replay(exp, seeded.tasks, np.asarray(expert.actions), jax.random.fold_in(key, 0), k)
+    replayed = _host_replay(exp, seeded.tasks, np.asarray(expert.actions), env_keys, k)
     at_k = states_at(expert, np.arange(k.size), k)
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), replayed, at_k)
 
@@ -169,7 +164,65 @@ def test_a_policy_checkpoint_as_the_expert_plays_its_greedy_episodes(setting, tm
     from jaxagent.model import load_policy
     from jaxagent.trainers.setup import checkpoint_path
     params = load_policy(checkpoint_path("shipped:nano-tictactoe-base")).params
-    # the same model config as the policy's: its greedy episodes, chunk for chunk, with the expert's key
-    again = ctx.sim.policy(params, played.tasks, played.tasks.states, jax.random.fold_in(played.key, 1), greedy=True)
+    # the same model config as the policy's: its greedy episodes (the 8 tasks are one chunk) with the expert's keys
+    again = jax.jit(exp.eval_loop.rollout)(params, played.tasks.params, jax.random.fold_in(jax.random.fold_in(
+        played.key, 1), 0), played.tasks.states, played.expert_keys)
     np.testing.assert_array_equal(np.asarray(played.expert.actions), np.asarray(again.actions))
     np.testing.assert_array_equal(np.asarray(played.expert.tokens), np.asarray(again.tokens))
+
+
+def _same(a, b):
+    host = lambda x: np.asarray(jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(host(x), host(y)), a, b)
+
+
+def test_expert_episodes_read_from_their_file_replay_exactly(setting, tmp_path):
+    from envs_jax.yaml_config import ConfigError
+
+    exp, ctx, seeded = setting
+    path = ctx.directory / "expert_episodes_seed_0.jsonl"  # written by prepare
+    cfg = load_experiment(None, OVERRIDES + [f"eef.expert_file={path}", "eef.expert_blunder=0",
+                                             f"run.output_dir={tmp_path}"])
+    from_file = rft.prepare(rft.Context.build(dataclasses.replace(exp, cfg=cfg), tmp_path, None), 5)
+    _same(from_file.tasks, seeded.tasks)
+    # every field the methods use on the steps played (the file holds only those), the env state before each step
+    # included: restarts start from it
+    active = np.asarray(seeded.expert.active)
+    played = lambda tree: jax.tree.map(lambda x: x[active] if x.shape[:2] == active.shape else x, tree)
+    _same(played(from_file.expert_keys), played(seeded.expert_keys))
+    drop = lambda traj: played(traj.replace(logprobs=None, prefix_length=None))
+    _same(drop(from_file.expert), drop(seeded.expert))
+    np.testing.assert_array_equal(from_file.expert_success, seeded.expert_success)
+    with pytest.raises(ConfigError, match="holds 8 episodes, eef.train_tasks asks for 9"):
+        expert_file.read(path, exp, 9)
+
+
+def _edited(path, tmp_path, line: int, edit):
+    lines = path.read_text().splitlines()
+    record = json.loads(lines[line])
+    edit(record)
+    lines[line] = json.dumps(record)
+    out = tmp_path / "edited.jsonl"
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def _step0(record, field, value):
+    record["steps"][0][field] = value
+
+
+@pytest.mark.parametrize("line, edit, message", [
+    (0, lambda r: r["env"].update(name="bernoulli_bandit"), "written for env"),
+    (0, lambda r: r["tokenizer"].update(fingerprint="0" * 64), "written with tokenizer"),
+    (1, lambda r: _step0(r, "action", (r["steps"][0]["action"] + 1) % 9), "step 0: replaying"),
+    (1, lambda r: _step0(r, "text", "ACTION=" + "9" * 40), "over the generation budget"),
+    (1, lambda r: r["steps"].pop(), "but the replayed episode lasts"),
+    (1, lambda r: r.pop("reset_key"), "malformed episode"),
+])
+def test_a_bad_expert_file_names_its_line_and_problem(setting, tmp_path, line, edit, message):
+    from envs_jax.yaml_config import ConfigError
+
+    exp, ctx, seeded = setting
+    path = _edited(ctx.directory / "expert_episodes_seed_0.jsonl", tmp_path, line, edit)
+    with pytest.raises(ConfigError, match=f"eef.expert_file.*edited.jsonl.*{message}"):
+        expert_file.read(path, exp, len(seeded.tasks))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import re
 from importlib import resources
 from pathlib import Path
@@ -77,6 +79,12 @@ class TextTokenizer:
     @property
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """SHA-256 of the vocabulary (every token and its id): tokenizers that agree on it encode alike."""
+        vocab = sorted(self.backend.get_vocab(with_added_tokens=True).items(), key=lambda item: item[1])
+        return hashlib.sha256(json.dumps(vocab, ensure_ascii=False).encode()).hexdigest()
 
     def token_id(self, token: str) -> int:
         token_id = self.backend.token_to_id(token)

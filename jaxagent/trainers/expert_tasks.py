@@ -22,12 +22,41 @@ from jaxagent.packing import pack
 
 
 @struct.dataclass
+class Opening:
+    """How each task's state was reached, enough to replay it exactly: a reset, then moves."""
+    reset_keys: jax.Array  # [N] keys
+    actions: jax.Array     # [N, P] the moves; -1 past a task's plies
+    keys: jax.Array        # [N, P] each move's env step key
+
+
+@struct.dataclass
 class Tasks:
     params: object  # env params, batched [N]
     states: object  # initial env states, batched [N]
+    opening: Opening | None = None
 
     def __len__(self) -> int:
         return int(jax.tree.leaves(self.params)[0].shape[0])
+
+
+def play_opening(env, params, reset_keys, step_keys, choose):
+    """``(states, ended, Opening)``: rows reset with ``reset_keys`` then stepped with ``step_keys [N, P]``, the move
+    of ply ``p`` being ``choose(p, states)`` (-1: the row stays where it is); ``ended`` marks rows whose episode a
+    move ended."""
+    n = reset_keys.shape[0]
+    _, states = jax.vmap(env.reset)(reset_keys, params)
+    ended, moves = jnp.zeros((n,), bool), []
+    for ply in range(step_keys.shape[1]):
+        action = jnp.asarray(choose(ply, states), jnp.int32)
+        _, moved, _, terminated, truncated, _ = jax.vmap(env.step)(step_keys[:, ply], states,
+                                                                  jnp.maximum(action, 0), params)
+        playing = action >= 0
+        ended = ended | (playing & (terminated | truncated))
+        states = jax.tree.map(lambda a, b: jnp.where(playing.reshape((n,) + (1,) * (a.ndim - 1)), a, b), moved,
+                              states)
+        moves.append(action)
+    actions = jnp.stack(moves, axis=1) if moves else jnp.zeros((n, 0), jnp.int32)
+    return states, ended, Opening(reset_keys, actions, step_keys)
 
 
 def opening_tasks(exp, key, n: int) -> Tasks:
@@ -35,24 +64,21 @@ def opening_tasks(exp, key, n: int) -> Tasks:
     into, ``p`` drawn from ``eef.opening_plies``."""
     plies = exp.cfg.eef.opening_plies
     loop = exp.train_loop
-    k_params, k_reset, k_count, k_moves = jax.random.split(key, 4)
-    params = exp.pool(k_params, n)
-    _, states = jax.vmap(exp.env.reset)(jax.random.split(k_reset, n), params)
+    k_params, k_reset, k_count, k_moves, k_steps = jax.random.split(key, 5)
     count = jax.random.choice(k_count, jnp.asarray(plies, jnp.int32), (n,))
-    ended = jnp.zeros((n,), bool)
-    for ply, k in enumerate(jax.random.split(k_moves, max(plies))):
-        k_action, k_step = jax.random.split(k)
-        actions = jax.vmap(loop.random_legal_action)(jax.random.split(k_action, n), states)
-        _, moved, _, terminated, truncated, _ = jax.vmap(exp.env.step)(jax.random.split(k_step, n), states, actions,
-                                                                      params)
-        playing = ply < count
-        ended = ended | (playing & (terminated | truncated))
-        states = jax.tree.map(lambda a, b: jnp.where(playing.reshape((n,) + (1,) * (a.ndim - 1)), a, b), moved,
-                              states)
+    move_keys = jax.random.split(k_moves, (max(plies), n))
+
+    def choose(ply, states):
+        random = jax.vmap(loop.random_legal_action)(move_keys[ply], states)
+        return jnp.where(ply < count, random, -1)
+
+    params = exp.pool(k_params, n)
+    states, ended, opening = play_opening(exp.env, params, jax.random.split(k_reset, n),
+                                          jax.random.split(k_steps, (n, max(plies))), choose)
     if bool(jnp.any(ended)):
         raise ConfigError(f"config key 'eef.opening_plies': {list(plies)} random moves end "
                           f"{int(ended.sum())} of {n} episodes before the task starts")
-    return Tasks(params, states)
+    return Tasks(params, states, opening)
 
 
 def take(tree, index):
@@ -100,15 +126,22 @@ class Simulator:
         return self.chunks(lambda p, s, k: rollout(params, p, k, s), tasks, starts, key)
 
     def expert(self, expert, tasks: Tasks, key):
-        """The expert's episode from each task's initial state (env states kept at every step)."""
+        """``(episodes, env_keys)``: the expert's episode from each task's initial state (env states kept at every
+        step), and the key of each of its env steps ``[N, T]``."""
         if expert not in self._experts:
             loop = self.exp.train_loop
-            self._experts[expert] = jax.jit(lambda p, s, k: loop.expert_rollout(expert, p, k, s))
-        return self.chunks(self._experts[expert], tasks, tasks.states, key)
+            self._experts[expert] = jax.jit(lambda p, s, k: loop.expert_rollout(expert, p, k, *s))
+        env_keys = episode_keys(key, len(tasks), self.exp.train_loop.num_steps)
+        return self.chunks(self._experts[expert], tasks, (tasks.states, env_keys), key), env_keys
 
     def success_rate(self, params, tasks: Tasks, key) -> np.ndarray:
         """bool [N]: the greedy policy succeeds from each task."""
         return np.asarray(self.success(self.policy(params, tasks, tasks.states, key, greedy=True)))
+
+
+def episode_keys(key, n: int, num_steps: int):
+    """``[n, num_steps]`` env step keys for the episodes of recorded experts (replayable from the record)."""
+    return jax.random.split(jax.random.fold_in(key, 1), (n, num_steps))
 
 
 def simulations(traj) -> dict:

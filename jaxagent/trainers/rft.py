@@ -26,8 +26,9 @@ from jaxagent.model import load_policy
 from jaxagent.model.policy import Policy
 from jaxagent.packing import token_mask
 from jaxagent.runlog import RunLog
-from jaxagent.trainers.expert_tasks import (Repository, Simulator, Tasks, opening_tasks, sft_batch_fn, simulations,
-                                            take, write_json)
+from jaxagent.trainers import expert_file
+from jaxagent.trainers.expert_tasks import (Repository, Simulator, Tasks, episode_keys, opening_tasks, sft_batch_fn,
+                                            simulations, take, write_json)
 from jaxagent.trainers.loop import Phase, check_batch_split, run_phase
 from jaxagent.trainers.setup import checkpoint_path
 from jaxagent.trainers.sft import sft_loss
@@ -44,7 +45,8 @@ class Context:
     base_params: object
     to_batch: Callable
     loss_fn: Callable  # one object for every fine-tuning: they share one compiled update
-    expert: Callable   # (simulator, tasks, key) -> the expert's episodes, one compiled rollout for every seed
+    expert: Callable | None  # (simulator, tasks, key) -> (episodes, env keys), one compiled rollout for every
+    # seed; None with eef.expert_file
 
     @classmethod
     def build(cls, exp, directory: Path, log: RunLog) -> "Context":
@@ -75,6 +77,7 @@ class Seeded:
     key: jax.Array
     tasks: Tasks
     expert: object  # Trajectory [N, T], env states kept at every step
+    expert_keys: jax.Array  # [N, T] the key of each of the expert's env steps
     expert_success: np.ndarray  # bool [N]
 
     @property
@@ -83,9 +86,13 @@ class Seeded:
 
 
 def make_expert(exp) -> Callable:
-    """``(simulator, tasks, key) -> episodes`` of the expert: the env kind's jittable expert (``eef.expert``, with
-    ``eef.expert_blunder``) or, with ``eef.expert_checkpoint``, that policy played greedily (e.g. a bigger model)."""
+    """``(simulator, tasks, key) -> (episodes, env keys)`` of the expert: the env kind's jittable expert
+    (``eef.expert``, with ``eef.expert_blunder``) or, with ``eef.expert_checkpoint``, that policy played greedily
+    (e.g. a bigger model)."""
     e, s = exp.cfg.eef, exp.cfg.sft
+    if e.expert_file is not None:  # its episodes come with their tasks (see prepare)
+        _no_blunder(exp, "eef.expert_file")
+        return None
     if e.expert_checkpoint is not None:
         return _policy_expert(exp, e.expert_checkpoint)
     if e.expert not in exp.kind.experts:
@@ -96,25 +103,40 @@ def make_expert(exp) -> Callable:
     return lambda sim, tasks, key: sim.expert(expert, tasks, key)
 
 
-def _policy_expert(exp, checkpoint: str) -> Callable:
+def _no_blunder(exp, expert_key: str) -> None:
     if exp.cfg.eef.expert_blunder:
-        raise ConfigError("config key 'eef.expert_blunder': applies to the env kind's experts, not to "
-                          "eef.expert_checkpoint")
+        raise ConfigError(f"config key 'eef.expert_blunder': applies to the env kind's experts, not to {expert_key}")
+
+
+def _policy_expert(exp, checkpoint: str) -> Callable:
+    _no_blunder(exp, "eef.expert_checkpoint")
     policy = load_policy(checkpoint_path(checkpoint, "eef.expert_checkpoint"), exp.cfg.model.dtype, mesh=exp.mesh)
     if policy.cfg.vocab_size < exp.tokenizer.vocab_size:
         raise ConfigError(f"config key 'eef.expert_checkpoint': its vocabulary ({policy.cfg.vocab_size}) is smaller "
                           f"than the tokenizer's {exp.tokenizer.vocab_size} tokens")
     loop = dataclasses.replace(exp.eval_loop, model_cfg=dataclasses.replace(policy.cfg, kernels=exp.cfg.model.kernels))
-    play = jax.jit(loop.rollout_on(exp.mesh))
-    return lambda sim, tasks, key: sim.chunks(lambda p, s, k: play(policy.params, p, k, s), tasks, tasks.states, key)
+    play = jax.jit(loop.rollout)
+
+    def episodes(sim, tasks, key):
+        env_keys = episode_keys(key, len(tasks), loop.num_steps)
+        return sim.chunks(lambda p, s, k: play(policy.params, p, k, *s), tasks, (tasks.states, env_keys),
+                          key), env_keys
+    return episodes
 
 
 def prepare(ctx: Context, seed: int) -> Seeded:
-    exp = ctx.exp
+    """The seed's tasks and expert episodes: made here (and written to ``expert_episodes_seed_<seed>.jsonl``), or
+    the first ``eef.train_tasks`` episodes of ``eef.expert_file`` for every seed."""
+    exp, e = ctx.exp, ctx.exp.cfg.eef
     key = jax.random.key(seed)
-    tasks = opening_tasks(exp, jax.random.fold_in(key, 0), exp.cfg.eef.train_tasks)
-    expert = ctx.expert(ctx.sim, tasks, jax.random.fold_in(key, 1))
-    return Seeded(seed, key, tasks, expert, np.asarray(ctx.sim.success(expert)))
+    if e.expert_file is not None:
+        tasks, expert, keys = expert_file.read(e.expert_file, exp, e.train_tasks)
+    else:
+        tasks = opening_tasks(exp, jax.random.fold_in(key, 0), e.train_tasks)
+        expert, keys = ctx.expert(ctx.sim, tasks, jax.random.fold_in(key, 1))
+        ctx.directory.mkdir(parents=True, exist_ok=True)
+        expert_file.write(ctx.directory / f"expert_episodes_seed_{seed}.jsonl", exp, tasks, expert, keys)
+    return Seeded(seed, key, tasks, expert, keys, np.asarray(ctx.sim.success(expert)))
 
 
 def expert_repository(seeded: Seeded, successes_only: bool) -> Repository:
