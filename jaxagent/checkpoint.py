@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxagent.model.config import CheckpointError
@@ -39,7 +40,8 @@ def _shapes_by_path(tree: Any) -> dict[str, tuple]:
     return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-ITEMS = ("params", "opt_state", "rng", "meta")  # one Orbax item each, a subdirectory of every step
+ITEMS = ("params", "opt_state", "meta")  # one Orbax item each, a subdirectory of every step; the RNG key's
+# data is in meta (a host value, the same in every process of a multi-host run)
 
 
 def is_step_directory(path: str | Path) -> bool:
@@ -79,12 +81,13 @@ class Checkpointer:
             raise NonFiniteError(f"not saving the checkpoint of update {step} in {self.directory}: it holds "
                                  f"NaN or inf values; the last good checkpoint is update {last}")
         typed = jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
-        key_data = jax.random.key_data(rng) if typed else rng
+        key_data = np.asarray(jax.random.key_data(rng) if typed else rng)
         meta = {"step": step, "data_position": dict(data_position or {}),
-                "rng_impl": str(jax.random.key_impl(rng)) if typed else None, "rng_shape": list(key_data.shape)}
+                "rng_impl": str(jax.random.key_impl(rng)) if typed else None, "rng_shape": list(key_data.shape),
+                "rng_key_data": key_data.ravel().tolist()}
         self._manager.save(step, args=ocp.args.Composite(
             params=ocp.args.StandardSave(state.params), opt_state=ocp.args.StandardSave(state.opt_state),
-            rng=ocp.args.StandardSave({"key_data": key_data}), meta=ocp.args.JsonSave(meta)), force=True)
+            meta=ocp.args.JsonSave(meta)), force=True)
         return step
 
     def _resolve(self, step: int | None) -> int:
@@ -102,13 +105,10 @@ class Checkpointer:
         """The full training state at ``step`` (default: the latest), laid out like ``like``."""
         step = self._resolve(step)
         meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        key_like = jax.ShapeDtypeStruct(tuple(meta["rng_shape"]), jnp.uint32,
-                                        sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
         out = self._manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(_abstract(like.params)),
-            opt_state=ocp.args.StandardRestore(_abstract(like.opt_state)),
-            rng=ocp.args.StandardRestore({"key_data": key_like})))
-        key_data = out["rng"]["key_data"]
+            opt_state=ocp.args.StandardRestore(_abstract(like.opt_state))))
+        key_data = jnp.asarray(np.asarray(meta["rng_key_data"], np.uint32).reshape(meta["rng_shape"]))
         rng = jax.random.wrap_key_data(key_data, impl=meta["rng_impl"]) if meta["rng_impl"] else key_data
         step_count = jax.device_put(jnp.int32(meta["step"]), like.step.sharding)  # the same layout as ``like``
         state = TrainState(step_count, out["params"], out["opt_state"])

@@ -263,12 +263,22 @@ class RunConfig:
     keep_checkpoints: int = 3
     log_every: int = 10
     resume: bool = True                    # continue from the run directory's last checkpoint
-    distributed: bool = False              # multi-host: jax.distributed.initialize() before anything else
+    distributed: bool = False              # multi-host: join the run's processes (jax.distributed) first
+    coordinator_address: str | None = None  # HOST:PORT of process 0; these three: null = JAX's auto-detection
+    num_processes: int | None = None       # (TPU pods, SLURM, Open MPI) or the JAX_COORDINATOR_ADDRESS,
+    process_id: int | None = None          # JAX_NUM_PROCESSES and JAX_PROCESS_ID environment variables
 
     def validate(self) -> None:
         _require(bool(self.name) and "/" not in self.name, "run.name", "must be a non-empty name without '/'",
                  self.name)
         _positive(self, "run", "checkpoint_every", "keep_checkpoints", "log_every")
+        for key in ("coordinator_address", "num_processes", "process_id"):
+            _require(self.distributed or getattr(self, key) is None, f"run.{key}",
+                     "applies to multi-host runs only (run.distributed: true)", getattr(self, key))
+        _require(self.num_processes is None or self.num_processes >= 1, "run.num_processes", "must be >= 1",
+                 self.num_processes)
+        _require(self.process_id is None or 0 <= self.process_id < (self.num_processes or self.process_id + 1),
+                 "run.process_id", f"must be in [0, run.num_processes={self.num_processes})", self.process_id)
 
     @property
     def directory(self) -> Path:

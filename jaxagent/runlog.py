@@ -47,17 +47,28 @@ def git_commit(path: str | Path | None = None) -> dict[str, Any] | None:
         return None
 
 
+def is_main_process() -> bool:
+    """True in the process that writes a run's files (logs, reports, plots): process 0 of a multi-host run."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 def _scalar(value: Any) -> float:
     return float(value.item() if hasattr(value, "item") else value)
 
 
 class RunLog:
-    """Opens (or re-opens, on resume) a run directory, records its provenance and writes scalars."""
+    """Opens (or re-opens, on resume) a run directory, records its provenance and writes scalars (in the main
+    process only: the other processes of a multi-host run write nothing)."""
 
     def __init__(self, directory: str | Path, config: Any, seeds: Mapping[str, int], *, flush_secs: int = 30):
         from tensorboardX import SummaryWriter
 
         self.directory = Path(directory)
+        self._writer = None
+        if not is_main_process():
+            return
         self.directory.mkdir(parents=True, exist_ok=True)
         resolved = to_dict(config)
         (self.directory / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
@@ -78,11 +89,14 @@ class RunLog:
 
     def scalars(self, step: int, values: Mapping[str, Any], prefix: str = "") -> None:
         """Write each value (a Python number or a one-element array) as a scalar at ``step``."""
+        if self._writer is None:
+            return
         for name, value in values.items():
             self._writer.add_scalar(f"{prefix}{name}", _scalar(value), global_step=int(step))
 
     def close(self) -> None:
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()
 
     def __enter__(self) -> "RunLog":
         return self
@@ -99,4 +113,5 @@ def progress(total: int, desc: str, initial: int = 0, **kwargs: Any):
     """
     from tqdm.auto import tqdm
 
+    kwargs.setdefault("disable", not is_main_process())
     return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, **kwargs)

@@ -22,7 +22,7 @@ turn_ynn_fusions_off()
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
 # The longest files first: `make test` hands whole files to two processes, which then finish close together.
-_LONGEST_FIRST = ("test_trainers.py", "test_rlft_learns.py", "test_model_sampler.py", "test_episode.py",
+_LONGEST_FIRST = ("test_trainers.py", "test_rlft_learns.py", "test_multihost.py", "test_model_sampler.py", "test_episode.py",
                   "test_text_render.py", "test_objectives.py")
 
 

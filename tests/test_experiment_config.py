@@ -64,6 +64,8 @@ def test_unknown_key_is_named(override, key):
     ("eval.num_episodes=1", "eval.num_episodes"),
     ("run.name=a/b", "run.name"),
     ("run.checkpoint_every=0", "run.checkpoint_every"),
+    ("run.process_id=0", "run.process_id"),  # without run.distributed
+    ("run.coordinator_address=127.0.0.1:1234", "run.coordinator_address"),
     ("model.mesh=[-1,-1,1]", "model.mesh"),
     ("model.mesh=[4,2]", "model.mesh"),
     ("model.dtype=float16", "model.dtype"),

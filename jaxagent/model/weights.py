@@ -240,7 +240,8 @@ def save_orbax(params: dict, cfg: GemmaConfig, path: str | Path) -> None:
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path / "params", params, force=True)
     architecture = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "kernels"}
-    (path / ORBAX_CONFIG).write_text(json.dumps(architecture, indent=2) + "\n")
+    if jax.process_index() == 0:  # every process writes its shards above; one writes the config
+        (path / ORBAX_CONFIG).write_text(json.dumps(architecture, indent=2) + "\n")
 
 
 def load_orbax(path: str | Path, dtype=jnp.float32, shardings=None) -> tuple[GemmaConfig, dict]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 
 import jax.numpy as jnp
+import numpy as np
 
 from jaxagent.text import numbers
 from jaxagent.text.fragments import Table, constant
@@ -21,8 +22,9 @@ SCENARIO = (
     "digits, one per square in row order (squares 012 / 345 / 678): 0 is an empty square, 1 is your mark and 2 "
     "is the opponent's mark. On each turn you MUST put your mark on an empty square, named by its number 0-8. "
     "Three marks in a row, column or diagonal win. The reward is 1 for a win, 0 for a draw and -1 for a loss.")
-_POWERS = jnp.asarray([3 ** (8 - i) for i in range(9)], jnp.int32)
-_BITS = jnp.asarray([1 << i for i in range(9)], jnp.int32)
+# numpy, not jax: importing the package must not start JAX's backend (jax.distributed.initialize comes first)
+_POWERS = np.asarray([3 ** (8 - i) for i in range(9)], np.int32)
+_BITS = np.asarray([1 << i for i in range(9)], np.int32)
 
 
 def board_string(board) -> str:

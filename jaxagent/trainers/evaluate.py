@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxagent import metrics
+from jaxagent.runlog import is_main_process
 
 
 def episode_curves(traj, num_actions: int, game: bool = False) -> dict[str, np.ndarray]:
@@ -75,11 +76,13 @@ class Evaluator:
 
 
 def write_report(directory: Path, curves_by_method: dict[str, dict[str, np.ndarray]]) -> dict:
-    """``summary.json`` (final regret/coverage mean and ci95 per method) and PNG plots of the curves."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """``summary.json`` (final regret/coverage mean and ci95 per method) and PNG plots of the curves, written by
+    the main process."""
     summary = {name: summarise(curves) for name, curves in curves_by_method.items()}
-    (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    _plot(directory, curves_by_method)
+    if is_main_process():
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        _plot(directory, curves_by_method)
     return summary
 
 

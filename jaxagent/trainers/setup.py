@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -117,9 +118,29 @@ def _model(cfg: ExperimentConfig, vocab_size: int, mesh: Mesh):
     return model_cfg, jax.device_put(params, param_shardings(mesh, params))
 
 
+def _from_environment(value, variable: str, key: str):
+    """``value``, or where unset the environment's ``variable`` (a launcher's), as an int."""
+    if value is not None or variable not in os.environ:
+        return value
+    try:
+        return int(os.environ[variable])
+    except ValueError:
+        raise ConfigError(f"config key '{key}': unset, and the environment's {variable}="
+                          f"{os.environ[variable]!r} is not a number") from None
+
+
+def _join_processes(run) -> None:
+    """``jax.distributed.initialize`` with the config's or the launcher's coordinator, process count and index
+    (JAX reads ``JAX_COORDINATOR_ADDRESS`` itself); all unset, JAX detects the cluster (TPU, SLURM, Open MPI)."""
+    jax.distributed.initialize(
+        coordinator_address=run.coordinator_address,
+        num_processes=_from_environment(run.num_processes, "JAX_NUM_PROCESSES", "run.num_processes"),
+        process_id=_from_environment(run.process_id, "JAX_PROCESS_ID", "run.process_id"))
+
+
 def build(cfg: ExperimentConfig) -> Experiment:
-    if cfg.run.distributed:
-        jax.distributed.initialize()
+    if cfg.run.distributed and not jax.distributed.is_initialized():
+        _join_processes(cfg.run)
     mesh = make_experiment_mesh(cfg.model.mesh)
     try:
         env = envs_jax.make_env(cfg.env.name, **cfg.env.options)
