@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import jax
@@ -31,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from envs_jax.yaml_config import ConfigError
-from jaxagent.trainers.expert_tasks import Tasks, play_opening
+from jaxagent.trainers.expert_tasks import Tasks, play_opening, write_text
 
 FORMAT, VERSION = "jaxagent.expert_episodes", 1
 
@@ -41,10 +40,6 @@ def _header(exp) -> dict:
     return {"format": FORMAT, "version": VERSION, "prng": jax.config.jax_default_prng_impl,
             "env": {"name": env.name, "options": json.loads(json.dumps(dict(env.options)))},
             "tokenizer": {"name": exp.tokenizer.name, "fingerprint": exp.tokenizer.fingerprint}}
-
-
-def _key_list(key) -> list[int]:
-    return np.asarray(jax.random.key_data(key)).tolist()
 
 
 def write(path: Path, exp, tasks: Tasks, traj, env_keys) -> None:
@@ -65,9 +60,7 @@ def write(path: Path, exp, tasks: Tasks, traj, env_keys) -> None:
                         for p, a in enumerate(opening[i]) if a >= 0],
             "steps": [{"action": int(actions[i, t]), "key": step_keys[i, t].tolist(),
                        "text": tok.decode(tokens[i, t, :lengths[i, t]])} for t in np.flatnonzero(active[i])]}))
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    write_text(path, "\n".join(lines) + "\n")
 
 
 class _Reader:
@@ -124,7 +117,7 @@ def read(path: str | Path, exp, n: int):
     reset_keys, opening_actions, opening_keys = [], np.full((n, P), -1, np.int32), []
     tokens, lengths = np.full((n, T, G), tok.pad_id, np.int32), np.zeros((n, T), np.int32)
     actions, step_keys, counts = np.full((n, T), -1, np.int32), [], np.zeros(n, np.int32)
-    key_width = len(_key_list(jax.random.key(0)))
+    key_width = jax.random.key_data(jax.random.key(0)).shape[-1]
     blank = [0] * key_width
     for i, episode in enumerate(episodes):
         where = f" line {i + 2}"

@@ -125,14 +125,19 @@ class Simulator:
         rollout = self._greedy if greedy else self._policy
         return self.chunks(lambda p, s, k: rollout(params, p, k, s), tasks, starts, key)
 
+    def recorded(self, play, tasks: Tasks, key):
+        """``(episodes, env_keys)``: ``play(env params, starts, key, env_keys)`` from each task's initial state with
+        fresh env step keys ``[N, T]``, returned so that the episodes can be written out and replayed."""
+        env_keys = episode_keys(key, len(tasks), self.exp.train_loop.num_steps)
+        return self.chunks(lambda p, s, k: play(p, s[0], k, s[1]), tasks, (tasks.states, env_keys), key), env_keys
+
     def expert(self, expert, tasks: Tasks, key):
-        """``(episodes, env_keys)``: the expert's episode from each task's initial state (env states kept at every
-        step), and the key of each of its env steps ``[N, T]``."""
+        """The expert's episode from each task's initial state (env states kept at every step), with its env
+        step keys (see :meth:`recorded`)."""
         if expert not in self._experts:
             loop = self.exp.train_loop
-            self._experts[expert] = jax.jit(lambda p, s, k: loop.expert_rollout(expert, p, k, *s))
-        env_keys = episode_keys(key, len(tasks), self.exp.train_loop.num_steps)
-        return self.chunks(self._experts[expert], tasks, (tasks.states, env_keys), key), env_keys
+            self._experts[expert] = jax.jit(lambda p, s, k, e: loop.expert_rollout(expert, p, k, s, e))
+        return self.recorded(self._experts[expert], tasks, key)
 
     def success_rate(self, params, tasks: Tasks, key) -> np.ndarray:
         """bool [N]: the greedy policy succeeds from each task."""
@@ -203,10 +208,14 @@ def sft_batch_fn(exp):
     return to_batch
 
 
-def write_json(path: Path, value) -> None:
-    """Write ``value`` as JSON atomically (a kill leaves the old file or the new one)."""
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` atomically (a kill leaves the old file or the new one)."""
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, value) -> None:
+    write_text(path, json.dumps(value, indent=2) + "\n")
 
 

@@ -27,8 +27,8 @@ from jaxagent.model.policy import Policy
 from jaxagent.packing import token_mask
 from jaxagent.runlog import RunLog
 from jaxagent.trainers import expert_file
-from jaxagent.trainers.expert_tasks import (Repository, Simulator, Tasks, episode_keys, opening_tasks, sft_batch_fn,
-                                            simulations, take, write_json)
+from jaxagent.trainers.expert_tasks import (Repository, Simulator, Tasks, opening_tasks, sft_batch_fn, simulations,
+                                            take, write_json)
 from jaxagent.trainers.loop import Phase, check_batch_split, run_phase
 from jaxagent.trainers.setup import checkpoint_path
 from jaxagent.trainers.sft import sft_loss
@@ -116,12 +116,7 @@ def _policy_expert(exp, checkpoint: str) -> Callable:
                           f"than the tokenizer's {exp.tokenizer.vocab_size} tokens")
     loop = dataclasses.replace(exp.eval_loop, model_cfg=dataclasses.replace(policy.cfg, kernels=exp.cfg.model.kernels))
     play = jax.jit(loop.rollout)
-
-    def episodes(sim, tasks, key):
-        env_keys = episode_keys(key, len(tasks), loop.num_steps)
-        return sim.chunks(lambda p, s, k: play(policy.params, p, k, *s), tasks, (tasks.states, env_keys),
-                          key), env_keys
-    return episodes
+    return lambda sim, tasks, key: sim.recorded(lambda p, s, k, e: play(policy.params, p, k, s, e), tasks, key)
 
 
 def prepare(ctx: Context, seed: int) -> Seeded:
