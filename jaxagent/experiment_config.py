@@ -81,9 +81,13 @@ class PromptConfig:
     history_window: int | None = None      # show only the last C steps (None: all; re-prefills once exceeded)
     legal_actions: bool = True             # list the legal moves (tic-tac-toe)
     max_prompt_tokens: int = 1792
+    ucb_values: bool = False               # bandits: the instruction asks for each arm's UCB value inside
+                                           # <ucb_values> tags before the action (the knowing-doing analysis)
 
     def validate(self) -> None:
         _positive(self, "prompt", "max_prompt_tokens")
+        _require(self.chain_of_thought or not self.ucb_values, "prompt.ucb_values",
+                 "needs prompt.chain_of_thought: true (the values are the model's reasoning)", self.ucb_values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,6 +259,28 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AnalysisConfig:
+    """The frequency-bias analysis (``jaxagent eval … analysis=frequency-bias``; knowing-doing uses ``eval``)."""
+    histories: int = 16                    # random-policy histories, each shown at every repetition count
+    prefix_steps: tuple[int, int] = (2, 10)  # their length range before the repeated action
+    repetitions: tuple[int, ...] = (0, 5, 10, 45, 50, 55, 90, 95, 100)  # pulls of the repeated action
+    method: Literal["auto", "score", "sample"] = "auto"  # the action distribution: the probability of each
+                                           # ACTION=<label> answer (score) or parsed samples; auto: score without
+                                           # chain of thought, sample with it
+    samples: int = 16                      # sample: answers per context, at temperature 1
+    batch: int = 16                        # contexts per compiled call
+    seed: int = 0
+
+    def validate(self) -> None:
+        _positive(self, "analysis", "histories", "samples", "batch")
+        low, high = self.prefix_steps
+        _require(1 <= low <= high, "analysis.prefix_steps", "must be [low, high] with 1 <= low <= high",
+                 list(self.prefix_steps))
+        _require(bool(self.repetitions) and min(self.repetitions) >= 0, "analysis.repetitions",
+                 "must be a non-empty list of counts >= 0", list(self.repetitions))
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     name: str = "run"
     output_dir: str = "runs"               # the run directory is output_dir/name
@@ -297,6 +323,7 @@ class ExperimentConfig:
     eef: EEFConfig = _field(default_factory=EEFConfig)
     optim: OptimConfig = _field(default_factory=OptimConfig)
     eval: EvalConfig = _field(default_factory=EvalConfig)
+    analysis: AnalysisConfig = _field(default_factory=AnalysisConfig)
     run: RunConfig = _field(default_factory=RunConfig)
 
     def validate(self) -> None:

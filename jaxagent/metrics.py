@@ -1,5 +1,6 @@
 """Decision-making metrics (all jittable): regret, action coverage, greediness, invalid actions,
-tic-tac-toe outcomes, and the mean with a 95% confidence interval (Student t) over seeds or episodes.
+tic-tac-toe outcomes, the frequency-bias and knowing-doing measures of the RLFT paper's analyses, and the mean
+with a 95% confidence interval (Student t) over seeds or episodes.
 
 Per-step arrays are ``[..., T]`` with time last (one row per episode).
 """
@@ -48,6 +49,63 @@ def greedy_action_rate(actions: jax.Array, rewards: jax.Array, num_actions: int)
     """Fraction of steps (with at least one action already tried) whose action is a greedy one."""
     greedy, defined = greedy_actions(actions, rewards, num_actions)
     return jnp.sum(greedy) / jnp.maximum(jnp.sum(defined), 1)
+
+
+def action_entropy(probs: jax.Array) -> jax.Array:
+    """H(π) = −Σ_a π(a) log π(a) in nats over the last axis (0 log 0 = 0)."""
+    p = jnp.asarray(probs, jnp.float32)
+    return -jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0), axis=-1)
+
+
+def frequency_fractions(probs: jax.Array, frequent: jax.Array, greedy: jax.Array) -> dict[str, jax.Array]:
+    """The frequency-bias split of an action distribution ``probs [..., K]``: the probability of the most
+    frequent action of the context, of the greedy one (best mean reward so far) and of all others. Where one
+    action is both, it counts as greedy (so frequent always means worse than greedy)."""
+    p = jnp.asarray(probs, jnp.float32)
+    greedy_p = jnp.take_along_axis(p, greedy[..., None], axis=-1)[..., 0]
+    frequent_p = jnp.where(frequent == greedy, 0.0, jnp.take_along_axis(p, frequent[..., None], axis=-1)[..., 0])
+    return {"frequent": frequent_p, "greedy": greedy_p, "other": jnp.sum(p, axis=-1) - frequent_p - greedy_p}
+
+
+def ucb_scores(counts: jax.Array, reward_sums: jax.Array) -> jax.Array:
+    """The UCB value of each arm that the UCB rationale teaches: mean + sqrt(1 / n), +inf for an untried arm."""
+    n = jnp.asarray(counts, jnp.float32)
+    means = jnp.asarray(reward_sums, jnp.float32) / jnp.maximum(n, 1.0)
+    return jnp.where(n > 0, means + jnp.sqrt(1.0 / jnp.maximum(n, 1.0)), jnp.inf)
+
+
+DOING = ("optimal", "greedy", "other")
+
+
+def knowing_doing(stated: jax.Array, counts: jax.Array, reward_sums: jax.Array, action: jax.Array):
+    """The knowing-doing split of one decision (any leading axes): ``stated [..., K]`` is the model's UCB value of
+    each arm (+inf: "untried", NaN: not stated), ``counts``/``reward_sums [..., K]`` the history before the step.
+
+    Returns ``(parsed, knows, doing)``: every arm stated; the arm of the highest stated value is a best arm by
+    the true UCB values (:func:`ucb_scores`, compared at the two decimals the model writes); and the index in
+    :data:`DOING` of the executed ``action``: optimal (a best arm by true UCB), greedy (a best arm by true UCB
+    among the arms tried so far, where that is not optimal: exploiting while an arm is untried) or other."""
+    true = ucb_scores(counts, reward_sums)
+    rounded = jnp.where(jnp.isinf(true), true, jnp.round(true * 100.0))
+    best = rounded == jnp.max(rounded, axis=-1, keepdims=True)
+    tried_rounded = jnp.where(jnp.isinf(true), -jnp.inf, rounded)
+    best_tried = (tried_rounded == jnp.max(tried_rounded, axis=-1, keepdims=True)) & ~jnp.isinf(true)
+    parsed = jnp.all(~jnp.isnan(stated), axis=-1)
+    choice = jnp.argmax(jnp.where(jnp.isnan(stated), -jnp.inf, stated), axis=-1)
+
+    def holds(mask, arm):
+        return jnp.take_along_axis(mask, arm[..., None], axis=-1)[..., 0]
+
+    knows = parsed & holds(best, choice)
+    doing = jnp.where(holds(best, action), 0, jnp.where(holds(best_tried, action), 1, 2)).astype(jnp.int32)
+    return parsed, knows, doing
+
+
+def pearson(x: jax.Array, y: jax.Array) -> jax.Array:
+    """The correlation coefficient of two 1-D samples (NaN if either is constant)."""
+    x = jnp.asarray(x, jnp.float32) - jnp.mean(x)
+    y = jnp.asarray(y, jnp.float32) - jnp.mean(y)
+    return jnp.sum(x * y) / jnp.sqrt(jnp.sum(x * x) * jnp.sum(y * y))
 
 
 def invalid_rate(valid: jax.Array, mask: jax.Array | None = None) -> jax.Array:

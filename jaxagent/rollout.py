@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from envs_jax.yaml_config import ConfigError
 from jaxagent.env_kinds import kind_of
 from jaxagent.model import cpu_kernels, sampler
 from jaxagent.model.config import GemmaConfig
@@ -299,7 +300,8 @@ class AgentLoop:
 
 def _check_budget(width: int, budget: int, what: str) -> None:
     if width > budget:
-        raise ValueError(f"{what} needs up to {width} tokens, over the generation budget max_new_tokens={budget}")
+        raise ConfigError(f"config key 'rollout.max_new_tokens': {what} needs up to {width} tokens, over the "
+                          f"generation budget of {budget}")
 
 
 def _fit(tokens, width: int, pad_id: int):

@@ -370,3 +370,25 @@ def test_generate_decodes_from_its_prefill_as_from_the_cache(model, unroll_layer
     np.testing.assert_allclose(np.asarray(got_logps), np.asarray(want_logps), atol=1e-5)
     np.testing.assert_allclose(np.asarray(got_cache.k), np.asarray(want_cache.k), atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(np.asarray(got_cache.v), np.asarray(want_cache.v), atol=1e-5, rtol=1e-5)
+
+
+def test_score_continuations_equals_scoring_each_prompt_with_its_continuation(model):
+    """One prefill per prompt, continuations attending to its keys/values: the same log-probabilities as scoring
+    every whole prompt + continuation sequence (sliding-window layers included: prompts longer than the window)."""
+    from jaxagent.model.sampler import score_continuations_jit
+
+    cfg, params = model
+    rng = np.random.default_rng(7)
+    prompt_lengths = np.array([cfg.sliding_window + 5, 3, 9])
+    prompts = np.zeros((3, prompt_lengths.max()), np.int32)
+    for n, length in enumerate(prompt_lengths):
+        prompts[n, :length] = rng.integers(3, cfg.vocab_size, size=length)
+    continuation_lengths = np.array([1, 4, 2, 3])
+    continuations = rng.integers(3, cfg.vocab_size, size=(4, 4)).astype(np.int32)
+    got = np.asarray(score_continuations_jit(params, cfg, jnp.asarray(prompts), jnp.asarray(prompt_lengths),
+                                             jnp.asarray(continuations), jnp.asarray(continuation_lengths)))
+    for n, length in enumerate(prompt_lengths):
+        for c, m in enumerate(continuation_lengths):
+            row = np.concatenate([prompts[n, :length], continuations[c, :m]])[None]
+            want = np.asarray(score_jit(params, cfg, jnp.asarray(row)))[0, length:].sum()
+            np.testing.assert_allclose(got[n, c], want, atol=2e-5, rtol=1e-5)

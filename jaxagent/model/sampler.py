@@ -267,6 +267,24 @@ def score(params, cfg: GemmaConfig, tokens: jax.Array, *, temperature: float = 1
     return (logp, value(params, h)) if with_values else logp
 
 
+def score_continuations(params, cfg: GemmaConfig, prompts: jax.Array, prompt_lengths: jax.Array,
+                        continuations: jax.Array, continuation_lengths: jax.Array, *, temperature: float = 1.0):
+    """``[N, C]``: the log-probability of each continuation ``continuations[c, :continuation_lengths[c]]`` right
+    after each right-padded prompt. Each prompt is prefilled once; every continuation then attends to its keys and
+    values (one pass over ``N * C`` short rows, not over ``N * C`` whole prompts)."""
+    N, (C, M) = prompts.shape[0], continuations.shape
+    _, last_logits, history = _prefill(params, cfg, prompts, prompt_lengths, prompts.shape[1])
+    rows = jnp.tile(continuations, (N, 1))  # row n * C + c: prompt n, continuation c
+    positions = jnp.repeat(prompt_lengths.astype(jnp.int32), C)[:, None] + jnp.arange(M, dtype=jnp.int32)
+    hist_k, hist_v, slots, valid = history
+    h, _, _ = transformer(params, cfg, rows, positions, ((hist_k, hist_v, slots, jnp.repeat(valid, C, axis=0)),))
+    first = token_logprobs(jnp.repeat(last_logits, C, axis=0), rows[:, 0], temperature)
+    rest = token_logprobs(unembed(params, cfg, h[:, :-1]), rows[:, 1:], temperature)
+    logp = jnp.concatenate([first[:, None], rest], axis=1)
+    counted = jnp.arange(M) < jnp.tile(continuation_lengths, N)[:, None]
+    return jnp.sum(jnp.where(counted, logp, 0.0), axis=1).reshape(N, C)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "max_len", "max_new_tokens", "temperature", "top_k", "top_p",
                                              "stop_tokens", "unroll_layers"))
 def generate(params, cfg: GemmaConfig, prompts: jax.Array, prompt_lengths: jax.Array, key: jax.Array, *,
@@ -288,3 +306,4 @@ sample_jit = jax.jit(sample, static_argnames=("cfg", "max_new_tokens", "temperat
                                               "stop_tokens", "history_len", "unroll_layers", "shared_prefix"),
                      donate_argnames=("cache",))
 score_jit = jax.jit(score, static_argnames=("cfg", "temperature", "with_values"))
+score_continuations_jit = jax.jit(score_continuations, static_argnames=("cfg", "temperature"))

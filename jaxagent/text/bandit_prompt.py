@@ -65,8 +65,9 @@ class BanditRenderer(Renderer):
 
     def prefix_text(self) -> str:
         choices = "buttons listed above" if self.options.labels == "button" else "arms listed above"
+        instruction = output_instruction(self.options.cot, choices, self.options.ucb_values)
         return (user_turn_open() + scenario(self.options.labels, self.labels, self.horizon, self.options.distribution)
-                + "\n" + output_instruction(self.options.cot, choices) + "\n" + HISTORY_HEADER)
+                + "\n" + instruction + "\n" + HISTORY_HEADER)
 
     # host
     def history_line_text(self, state, params, t: int) -> str:

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxagent.text.render import UCB_CLOSE, UCB_OPEN
 from jaxagent.text.tokenizer import TextError, TextTokenizer
 
 KEYWORD = b"action"
@@ -199,3 +200,30 @@ class ActionParser:
             if mine != expected:
                 raise TextError(f"tokenizer {self.tokenizer.name}: the jitted ACTION parser disagrees with the "
                                 f"regex on {self.tokenizer.decode(ids[b])!r}")
+
+
+_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+_UNTRIED = re.compile(r"not (?:yet )?tried|untried|\binf", re.IGNORECASE)
+
+
+def parse_ucb_values(text: str, labels: Sequence[str]) -> np.ndarray:
+    """The UCB value a text states for each label, f32[K]: +inf where it says the arm is untried, NaN where it
+    states nothing. Read from the last ``<ucb_values>…</ucb_values>`` block, or, without one, from the whole text;
+    a label's statement is what follows its last ``label:`` up to the line's end or the next ``label:``, and its
+    value is the last number there (so ``red: count=2, average reward=0.41, UCB = 0.41 + sqrt(1/2) = 1.12`` and
+    ``red: 1.12`` both state 1.12)."""
+    lowered = text.lower()
+    start, end = lowered.rfind(UCB_OPEN), lowered.rfind(UCB_CLOSE)
+    if 0 <= start < end:
+        text = text[start + len(UCB_OPEN): end]
+    names = "|".join(re.escape(label) for label in sorted(labels, key=len, reverse=True))
+    heads = list(re.finditer(r"(?<![A-Za-z0-9])(" + names + r") *:", text, re.IGNORECASE | re.ASCII))
+    index = {label.lower(): i for i, label in enumerate(labels)}
+    values = np.full(len(labels), np.nan, np.float32)
+    for head, following in zip(heads, heads[1:] + [None]):
+        stop = following.start() if following is not None else len(text)
+        statement = text[head.end(): stop].split("\n", 1)[0]
+        numbers = _NUMBER.findall(statement)
+        value = np.inf if _UNTRIED.search(statement) else float(numbers[-1]) if numbers else np.nan
+        values[index[head.group(1).lower()]] = value
+    return values

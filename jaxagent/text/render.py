@@ -24,6 +24,7 @@ from jaxagent.text.tokenizer import TextError, TextTokenizer
 
 HISTORY_HEADER = "So far you have tried/seen:\n"
 QUESTION = "What do you predict next?"
+UCB_OPEN, UCB_CLOSE = "<ucb_values>", "</ucb_values>"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,9 +36,15 @@ class PromptOptions:
     legal_actions: bool = True  # tic-tac-toe: list the empty squares in the tail
     max_len: int = 1792  # L_max, the prompt budget in tokens
     distribution: str = "Gaussian"  # bandit reward distribution named in the scenario text
+    ucb_values: bool = False  # bandits: ask for each arm's UCB value inside <ucb_values> tags, then the action
 
 
-def output_instruction(cot: bool, choices: str) -> str:
+def output_instruction(cot: bool, choices: str, ucb_values: bool = False) -> str:
+    if ucb_values:
+        return ("Think step-by-step: compute the UCB value of each of the "
+                f"{choices.split()[0]} (its average reward plus sqrt(1/count); an untried one comes first) and "
+                f"list them inside {UCB_OPEN}{UCB_CLOSE}, one 'label: value' per line. Then output your final "
+                f"answer in the format ACTION=X where X is one of the {choices}.")
     if cot:
         return ("Think step-by-step and output your final answer in the format ACTION=X where X is one of the "
                 f"{choices}. IMPORTANT: Provide your (SHORT!) thinking process and your answer ACTION=X")

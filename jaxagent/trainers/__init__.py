@@ -3,9 +3,11 @@
 methods on tasks, compared in :mod:`jaxagent.trainers.compare`)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from envs_jax.yaml_config import ConfigError
+from jaxagent import analyses
 from jaxagent.checkpoint import Checkpointer, is_step_directory
 from jaxagent.experiment_config import TASK_METHODS, TRAINERS, load_experiment
 from jaxagent.model import load_policy
@@ -88,12 +90,21 @@ def _load(path: Path, cfg, exp=None) -> Policy:
 
 def eval_from_config(path, overrides) -> dict:
     """Evaluate a saved policy (``checkpoint=DIR``: a run's policy/, one of its training checkpoints, or any
-    HF/Orbax Gemma 2 directory)."""
+    HF/Orbax Gemma 2 directory), or with ``analysis=NAME`` run one of :data:`jaxagent.analyses.ANALYSES` on it."""
     checkpoint, overrides = _checkpoint_arg(overrides)
+    analysis, overrides = _pop(overrides, "analysis", required=False)
+    if analysis is not None and analysis not in analyses.ANALYSES:
+        raise ConfigError(f"analysis={analysis}: expected one of {', '.join(analyses.ANALYSES)}")
     cfg = load_experiment(path, overrides)
     exp = build(cfg)
     policy = _load(checkpoint, cfg, exp)
     evaluator = Evaluator(exp, cfg.eval.num_episodes, cfg.eval.seed)
+    if analysis is not None:
+        directory = cfg.run.directory / "analyses"
+        result = analyses.run(analysis, exp, policy.params, evaluator, directory)
+        print(json.dumps(result, indent=2))
+        print(f"analysis: {directory} ({analysis.replace('-', '_')}.json, .png)")
+        return result
     curves = {**_baselines(exp, evaluator), "policy": evaluator.model(policy.params)}
     if is_step_directory(checkpoint):
         report = checkpoint.parent.parent / f"eval_{checkpoint.name}"

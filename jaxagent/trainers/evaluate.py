@@ -6,6 +6,7 @@ is the mean and the 95%-CI half-width over episodes of their final values. Tic-t
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -64,15 +65,21 @@ class Evaluator:
         """Curves of the policy ``params``. The last result is kept: a phase's final periodic evaluation and the
         report's evaluation of the parameters it returns are one evaluation."""
         if self._last[0] is not params:
-            curves = episode_curves(self._model(params, self.pool, self.key), self.exp.env.num_actions, self.game)
+            curves = episode_curves(self.trajectory(params), self.exp.env.num_actions, self.game)
             self._last = (params, curves)
         return self._last[1]
 
+    def trajectory(self, params):
+        """The policy's episodes on the held-out instances."""
+        return self._model(params, self.pool, self.key)
+
     def expert(self, expert) -> dict[str, np.ndarray]:
         """Curves of an expert (anything with ``act`` and ``width``, see :mod:`jaxagent.experts`)."""
-        exp = self.exp
-        traj = jax.jit(lambda pool, key: exp.eval_loop.expert_rollout(expert, pool, key))(self.pool, self.key)
-        return episode_curves(traj, exp.env.num_actions, self.game)
+        # a reference player's text only has to fit its own turn buffer, not the policy's budget
+        loop = dataclasses.replace(self.exp.eval_loop,
+                                   max_new_tokens=max(self.exp.eval_loop.max_new_tokens, expert.width))
+        traj = jax.jit(lambda pool, key: loop.expert_rollout(expert, pool, key))(self.pool, self.key)
+        return episode_curves(traj, self.exp.env.num_actions, self.game)
 
 
 def write_report(directory: Path, curves_by_method: dict[str, dict[str, np.ndarray]]) -> dict:

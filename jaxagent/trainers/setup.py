@@ -93,7 +93,9 @@ def _renderer(env, tokenizer, cfg: ExperimentConfig):
     p = cfg.prompt
     options = PromptOptions(labels=p.arm_labels, cot=p.chain_of_thought, summary=p.context_summary,
                             history_window=p.history_window, legal_actions=p.legal_actions,
-                            max_len=p.max_prompt_tokens)
+                            max_len=p.max_prompt_tokens, ucb_values=p.ucb_values)
+    if p.ucb_values and env.kind != "bandit":
+        raise ConfigError(f"config key 'prompt.ucb_values': applies to multi-armed bandits only, not {cfg.env.name}")
     return make_renderer(env, tokenizer, options, params=env.default_params)
 
 

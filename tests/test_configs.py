@@ -1,0 +1,40 @@
+"""Every shipped config file loads and validates: experiment configs (keys, values, env and options, prompt
+budget for the models shipped here) and sweep configs (every grid cell's env and policies)."""
+from pathlib import Path
+
+import pytest
+
+import envs_jax
+from envs_jax import sweep
+from jaxagent.experiment_config import load_experiment
+
+CONFIGS = Path(__file__).parents[1] / "configs"
+FILES = sorted(CONFIGS.rglob("*.yaml"))
+
+
+def test_the_config_folder_is_found():
+    assert len(FILES) >= 16 and (CONFIGS / "quickstart.yaml") in FILES
+
+
+@pytest.mark.parametrize("path", FILES, ids=[str(p.relative_to(CONFIGS)) for p in FILES])
+def test_a_shipped_config_validates(path):
+    if path.parent.name == "sweeps":
+        assert sweep.expand(sweep.load_config(path))
+        return
+    cfg = load_experiment(path)
+    env = envs_jax.make_env(cfg.env.name, **cfg.env.options)
+    if cfg.model.checkpoint is not None and cfg.model.checkpoint.startswith("shipped:"):
+        from jaxagent.trainers.setup import _renderer, tokenizer_for
+        _renderer(env, tokenizer_for(cfg), cfg)  # the worst-case prompt fits the budget
+
+
+def test_the_no_chain_of_thought_paper_config_trains_at_its_budget_of_16_tokens(tmp_path):
+    """RLFT at G = 16 with the answer-only prompt runs a few updates on the nano model, and its report plays the
+    reference players, whose rationales are longer than 16 tokens."""
+    from jaxagent.trainers import train_from_config
+    summary = train_from_config(CONFIGS / "paper" / "mab_button_10arms_2b_no_cot.yaml", [
+        "model.checkpoint=shipped:nano-greedy-base", "model.tokenizer=shipped", "model.dtype=float32",
+        "env.options={num_arms: 10, sigma: 1.0, horizon: 4}", "env.pool_size=8", "rollout.envs_per_rollout=2",
+        "rollout.history_segments=1", "rl.batch_size=8", "rl.num_updates=2", "optim.name=adamw", "optim.warmup_steps=1",
+        "eval.num_episodes=4", "run.checkpoint_every=2", f"run.output_dir={tmp_path}"])
+    assert set(summary) == {"random", "ucb", "greedy_expert", "initial", "rlft"}
