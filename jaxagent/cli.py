@@ -1,4 +1,4 @@
-"""The ``jaxagent`` command line: ``sweep``, ``bench``, ``train``, ``eval``, ``export``."""
+"""The ``jaxagent`` command line: ``sweep``, ``bench``, ``train``, ``eval``, ``export``, ``report``."""
 from __future__ import annotations
 
 import argparse
@@ -56,6 +56,15 @@ def _host_devices(count: int) -> None:
         jax.config.update("jax_num_cpu_devices", count)
 
 
+def _cmd_report(args: argparse.Namespace) -> None:
+    from jaxagent import report
+
+    directories = [Path(d) for d in args.runs]
+    out = Path(args.out) if args.out else (directories[0] / "report" if len(directories) == 1
+                                           else directories[0].parent / "report")
+    print(f"report: {report.build(directories, out)}")
+
+
 def _cmd_run(args: argparse.Namespace) -> None:
     from jaxagent import trainers
 
@@ -81,12 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench)
 
     for name, text in (("train", "train an agent (SFT, RLFT, SFT then RLFT; SFT-POS, SFT-ALL, RFT, EEF)"),
-                       ("eval", "evaluate a checkpoint"),
+                       ("eval", "evaluate a checkpoint, or analyse it (analysis=frequency-bias|knowing-doing)"),
                        ("export", "export a checkpoint as a Hugging Face directory")):
         p = sub.add_parser(name, help=text)
         p.add_argument("config")
         p.add_argument("overrides", nargs="*", help="key=value overrides")
         p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("report", help="one HTML page (plus PNGs) for a run, or comparing runs")
+    p.add_argument("runs", nargs="+", help="run directories (run.output_dir/run.name)")
+    p.add_argument("--out", help="output directory (default: RUN/report, or report/ beside the runs)")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 

@@ -2,6 +2,7 @@
 budget for the models shipped here) and sweep configs (every grid cell's env and policies)."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import envs_jax
@@ -28,13 +29,23 @@ def test_a_shipped_config_validates(path):
         _renderer(env, tokenizer_for(cfg), cfg)  # the worst-case prompt fits the budget
 
 
-def test_the_no_chain_of_thought_paper_config_trains_at_its_budget_of_16_tokens(tmp_path):
-    """RLFT at G = 16 with the answer-only prompt runs a few updates on the nano model, and its report plays the
-    reference players, whose rationales are longer than 16 tokens."""
+def test_the_no_chain_of_thought_paper_config_trains_at_its_budget_of_16_tokens_and_reports(tmp_path):
+    """RLFT at G = 16 with the answer-only prompt runs a few updates on the nano model; its evaluation plays the
+    reference players, whose rationales are longer than 16 tokens; ``jaxagent report`` pages the run."""
     from jaxagent.trainers import train_from_config
     summary = train_from_config(CONFIGS / "paper" / "mab_button_10arms_2b_no_cot.yaml", [
         "model.checkpoint=shipped:nano-greedy-base", "model.tokenizer=shipped", "model.dtype=float32",
         "env.options={num_arms: 10, sigma: 1.0, horizon: 4}", "env.pool_size=8", "rollout.envs_per_rollout=2",
         "rollout.history_segments=1", "rl.batch_size=8", "rl.num_updates=2", "optim.name=adamw", "optim.warmup_steps=1",
-        "eval.num_episodes=4", "run.checkpoint_every=2", f"run.output_dir={tmp_path}"])
+        "eval.num_episodes=4", "run.checkpoint_every=2", "run.log_every=1", f"run.output_dir={tmp_path}"])
     assert set(summary) == {"random", "ucb", "greedy_expert", "initial", "rlft"}
+    from jaxagent import cli, report
+    run = tmp_path / "mab_button_10arms_2b_no_cot"
+    scalars = report.read_scalars(run / "tb")
+    np.testing.assert_array_equal(scalars["rlft/loss"][0], [1, 2])
+    cli.main(["report", str(run)])
+    page = (run / "report" / "report.html").read_text()
+    for name, row in summary.items():
+        assert f"<td>{name}</td><td>{row['regret']['mean']:.3f} ± {row['regret']['ci95']:.3f}</td>" in page
+    assert page.count("data:image/png;base64,") == 4  # regret, coverage, greedy-action rate, training
+    assert "rlft: " in page and "s per update" in page

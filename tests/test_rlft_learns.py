@@ -15,7 +15,7 @@ SETTINGS = ["model.checkpoint=shipped:nano-greedy-base", "model.tokenizer=shippe
             "rollout.envs_per_rollout=16", "rl.batch_size=16", "rl.num_updates=12",
             "optim.name=adamw", "optim.learning_rate=3e-3", "optim.warmup_steps=1", "eval.temperature=1.0",
             "run.checkpoint_every=100", "run.log_every=100"]
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1)
 # Best-arm rate, absolute. Seen on seeds 0-5 (AMD EPYC, Zen 1): 0.88-1.00 after RLFT, 0.33-0.60 for the controls,
 # the smallest gap 0.29.
 MARGIN = 0.2
@@ -68,7 +68,7 @@ def learning_runs(out_dir, seeds=SEEDS, settings=SETTINGS):
 
 
 def test_rlft_raises_the_best_arm_rate_where_zero_advantages_do_not(tmp_path):
-    # A child process compiled with LLVM's optimisations: the 72 updates run about 3x faster than under the
+    # A child process compiled with LLVM's optimisations: the 36 updates run about 3x faster than under the
     # suite's compile-first flags, which more than pays for the longer compiles.
     runs = json.loads(run_on_cpu_devices(1, [__file__, "--learn", str(tmp_path)], optimised=True).splitlines()[-1])
     print(runs)

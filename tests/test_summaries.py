@@ -68,7 +68,8 @@ GAMES = dict(actions=[[4, 0, 8, 4, 2, 6, 4, 1], [4, 0, 2, 6, 7, 4, 8, 5]],
 def test_game_summary_counts_finished_games_only():
     curves = episode_curves(trajectory(**GAMES), num_actions=9, game=True)
     assert set(curves) == {"regret", "coverage", "invalid", "return", "outcomes"}
-    np.testing.assert_array_equal(curves["return"], [[0, 0, 1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 1]])
+    # return per finished game so far: row 0 wins then loses, row 1 draws then wins
+    np.testing.assert_array_equal(curves["return"], [[0, 0, 1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0.5]])
     np.testing.assert_array_equal(curves["regret"], np.zeros((2, 8)))
     assert int(curves["outcomes"]["episodes"]) == 4
     summary = summarise(curves)
@@ -77,9 +78,11 @@ def test_game_summary_counts_finished_games_only():
         assert summary[name]["games"] == 4
         assert summary[name]["mean"] == pytest.approx(p, abs=1e-6), name
         assert summary[name]["ci95"] == pytest.approx(1.96 * np.sqrt(p * (1 - p) / 4), rel=1e-5), name
-    # row returns 1 - 1 = 0 and 0 + 1 = 1; squares played: {0, 1, 2, 4, 6, 8} and {0, 2, 4, 5, 6, 7, 8};
-    # one invalid move in row 0's 8 steps
-    for name, (a, b) in {"return": (0.0, 1.0), "coverage": (6 / 9, 7 / 9), "invalid": (1 / 8, 0.0),
+    # per finished game, pooled: returns 1, -1, 0, 1
+    assert summary["return"]["mean"] == pytest.approx(0.25, abs=1e-6)
+    assert summary["return"]["ci95"] == pytest.approx(1.96 * np.std([1, -1, 0, 1]) / 2, rel=1e-5)
+    # squares played: {0, 1, 2, 4, 6, 8} and {0, 2, 4, 5, 6, 7, 8}; one invalid move in row 0's 8 steps
+    for name, (a, b) in {"coverage": (6 / 9, 7 / 9), "invalid": (1 / 8, 0.0),
                          "regret": (0.0, 0.0)}.items():
         assert summary[name]["mean"] == pytest.approx((a + b) / 2, abs=1e-6), name
         assert summary[name]["ci95"] == pytest.approx(T1 * abs(a - b) / 2, rel=1e-4, abs=1e-9), name

@@ -2,7 +2,8 @@
 
 Bandits: cumulative regret, action coverage and the greedy-action rate (the share of steps that pick an
 arm with the best average reward so far, the paper's measure of greediness) by step; each method's summary
-is the mean and the 95%-CI half-width over episodes of their final values. Tic-tac-toe: return and win/draw/loss.
+is the mean and the 95%-CI half-width over episodes of their final values. Tic-tac-toe: return and win/draw/loss per finished game
+(a row plays games one after another).
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ def episode_curves(traj, num_actions: int, game: bool = False) -> dict[str, np.n
            "coverage": metrics.action_coverage(traj.actions, num_actions),
            "invalid": 1.0 - traj.valid.astype(jnp.float32),
            "return": jnp.cumsum(traj.env_rewards, axis=1)}
-    if game:
+    if game:  # a row plays several games: its return so far per finished game (rewards come at a game's end)
+        out["return"] = out["return"] / jnp.maximum(jnp.cumsum(traj.done, axis=1), 1)
         out["outcomes"] = metrics.game_outcomes(traj.env_rewards, traj.done)
     else:
         out["greedy"] = metrics.greedy_rate_by_step(traj.actions, traj.env_rewards, num_actions)
@@ -43,10 +45,14 @@ def summarise(curves: dict) -> dict:
                                                    else curves[name].mean(axis=1)))
         out[name] = {"mean": float(mean), "ci95": float(half)}
     if "outcomes" in curves:
+        outcomes = {name: float(curves["outcomes"][name]) for name in ("win", "draw", "loss")}
         games = max(int(curves["outcomes"]["episodes"]), 1)
-        for name in ("win", "draw", "loss"):
-            p = float(curves["outcomes"][name])
+        for name, p in outcomes.items():
             out[name] = {"mean": p, "ci95": 1.96 * float(np.sqrt(p * (1 - p) / games)), "games": games}
+        # per finished game, pooled as the outcomes are: returns are +1 / 0 / -1
+        mean = outcomes["win"] - outcomes["loss"]
+        spread = outcomes["win"] + outcomes["loss"] - mean ** 2
+        out["return"] = {"mean": mean, "ci95": 1.96 * float(np.sqrt(spread / games)), "games": games}
     return out
 
 
@@ -82,42 +88,62 @@ class Evaluator:
         return episode_curves(traj, self.exp.env.num_actions, self.game)
 
 
+def curve_stats(curves_by_method: dict[str, dict[str, np.ndarray]]) -> dict:
+    """Per method and per-step metric: the mean and 95%-CI half-width over episodes at every step (lists)."""
+    out = {}
+    for name, curves in curves_by_method.items():
+        out[name] = {}
+        for metric, x in curves.items():
+            if metric == "outcomes":
+                continue
+            mean, half = metrics.mean_ci95(jnp.asarray(x))
+            out[name][metric] = {"mean": np.asarray(mean).tolist(), "ci95": np.asarray(half).tolist()}
+    return out
+
+
 def write_report(directory: Path, curves_by_method: dict[str, dict[str, np.ndarray]]) -> dict:
-    """``summary.json`` (final regret/coverage mean and ci95 per method) and PNG plots of the curves, written by
-    the main process."""
+    """``summary.json`` (final values, mean and ci95 per method), ``curves.json`` (the per-step curves' mean and
+    ci95, for ``jaxagent report``) and PNG plots of the curves, written by the main process."""
     summary = {name: summarise(curves) for name, curves in curves_by_method.items()}
     if is_main_process():
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        _plot(directory, curves_by_method)
+        stats = curve_stats(curves_by_method)
+        (directory / "curves.json").write_text(json.dumps(stats) + "\n")
+        _plot(directory, stats)
     return summary
 
 
-def _plot(directory: Path, curves_by_method) -> None:
+CURVE_LABELS = {"regret": "cumulative regret", "coverage": "action coverage", "greedy": "greedy-action rate",
+                "return": "return per finished game"}
+
+
+def plot_curves(stats_by_method: dict, metric: str, path: Path) -> None:
+    """One metric's mean curve with its 95% band per method (``stats_by_method`` as :func:`curve_stats` gives)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    game = all("outcomes" in curves for curves in curves_by_method.values())
-    plots = (("return", "cumulative return"),) if game else (("regret", "cumulative regret"),
-                                                             ("coverage", "action coverage"))
-    for metric, ylabel in plots:
-        fig, ax = plt.subplots(figsize=(5.5, 3.8))
-        for name, curves in curves_by_method.items():
-            x = curves[metric]
-            mean = x.mean(axis=0)
-            half = np.asarray(metrics.mean_ci95(jnp.asarray(x))[1])
-            steps = np.arange(1, x.shape[1] + 1)
-            ax.plot(steps, mean, label=name)
-            ax.fill_between(steps, mean - half, mean + half, alpha=0.2)
-        ax.set_xlabel("step")
-        ax.set_ylabel(ylabel)
-        ax.legend(frameon=False)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(directory / f"{metric}.png", dpi=120)
-        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, stats in stats_by_method.items():
+        mean, half = np.asarray(stats[metric]["mean"]), np.asarray(stats[metric]["ci95"])
+        steps = np.arange(1, mean.shape[0] + 1)
+        ax.plot(steps, mean, label=name)
+        ax.fill_between(steps, mean - half, mean + half, alpha=0.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel(CURVE_LABELS[metric])
+    ax.legend(frameon=False)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _plot(directory: Path, stats: dict) -> None:
+    game = all("greedy" not in row for row in stats.values())
+    for metric in ("return",) if game else ("regret", "coverage"):
+        plot_curves(stats, metric, directory / f"{metric}.png")
 
 
 def print_table(summary: dict) -> None:
