@@ -250,9 +250,33 @@ class EvalConfig:
     num_episodes: int = 64                 # held-out instances, the same for every method
     seed: int = 1234                       # keys of the held-out instances and of their env noise
     temperature: float = 0.0
+    # Inference-time mechanisms (jaxagent.mechanisms); the evaluated policy's methods are then named with them,
+    # e.g. "rlft+try_all" or "policy+self_consistency16"
+    try_all: bool = False                  # as rollout.try_all / epsilon_greedy / epsilon
+    epsilon_greedy: bool = False
+    epsilon: float = 0.1
+    self_consistency: int = 1              # answers sampled per turn, the majority played (1: off)
+    vote: Literal["majority", "sample"] = "majority"  # or an action drawn from the vote shares
+    self_correction: bool = False          # a second answer after a request to check the first
+    context_randomisation: bool = False    # fresh arm labels every turn (bandits)
+
+    @property
+    def mechanisms(self) -> str:
+        """The suffix naming the evaluation's mechanisms, "" without any."""
+        names = [name for name in ("try_all", "epsilon_greedy", "self_correction", "context_randomisation")
+                 if getattr(self, name)]
+        if self.self_consistency > 1:
+            names.append(f"self_consistency{self.self_consistency}" + ("_sampled" if self.vote == "sample" else ""))
+        return "".join(f"+{name}" for name in names)
 
     def validate(self) -> None:
-        _positive(self, "eval", "every")
+        _positive(self, "eval", "every", "self_consistency")
+        _unit_interval(self, "eval", "epsilon")
+        if self.self_consistency > 1:
+            _require(self.temperature > 0, "eval.temperature", "must be > 0 with eval.self_consistency > 1 "
+                     "(greedy answers all agree)", self.temperature)
+            _require(not self.self_correction, "eval.self_correction", "cannot be combined with "
+                     "eval.self_consistency > 1", self.self_correction)
         _require(self.num_episodes >= 2, "eval.num_episodes", "must be >= 2 (for a confidence interval)",
                  self.num_episodes)
         _require(self.temperature >= 0, "eval.temperature", "must be >= 0", self.temperature)

@@ -30,12 +30,14 @@ import numpy as np
 from flax import struct
 
 from envs_jax.yaml_config import ConfigError
+from jaxagent import mechanisms
 from jaxagent.env_kinds import kind_of
 from jaxagent.model import cpu_kernels, sampler
 from jaxagent.model.config import GemmaConfig
 from jaxagent.model.kv_cache import KVCache, rewind
 from jaxagent.model.sharding import BATCH, rows_per_device
 from jaxagent.text.fragments import join
+from jaxagent.text.relabel import random_relabelling, relabel_state, unrelabel_action
 
 
 @struct.dataclass
@@ -82,17 +84,25 @@ class AgentLoop:
     exploration: Any = None  # an experts.ExplorationOverride (try-all / ε-greedy), or None
     unroll_layers: bool = False  # see jaxagent.model.sampler.sample
     history_segments: int | None = None  # see _segments; None: 8 on CPU, 1 elsewhere
+    inference: mechanisms.Inference = mechanisms.Inference()  # self-consistency, self-correction, relabelling
 
     @property
     def rewinds(self) -> bool:
         """True when the history only grows, so the cache can be rewound to the end of the history."""
-        return self.renderer.window >= self.renderer.horizon
+        return self.renderer.window >= self.renderer.horizon and not self.inference.relabel
 
     @property
     def cache_len(self) -> int:
         r = self.renderer
         body = r.options.max_len if not self.rewinds else r.prefix[1] + r.window * r.line_width + r.tail_width
-        return int(body + self.max_new_tokens)
+        return int(body + self.max_new_tokens + self._correction_width)
+
+    @property
+    def _correction_width(self) -> int:
+        """Cache slots a self-correction turn adds: the first answer and the request after it."""
+        if not self.inference.self_correction:
+            return 0
+        return self.max_new_tokens + 1 + len(self.renderer.tokenizer.encode(mechanisms.CORRECTION))
 
     def __post_init__(self):
         if self.exploration is not None:
@@ -108,10 +118,13 @@ class AgentLoop:
             return jax.random.randint(key, (), 0, self.env.num_actions)
         return jax.random.categorical(key, jnp.where(mask, 0.0, -jnp.inf))
 
-    def _env_step(self, key, state, generated, length, env_params, auto_reset: bool = True):
-        """Parse, replace invalid outputs by a random legal action, step (auto-resetting), shape the reward."""
+    def _env_step(self, key, state, generated, length, env_params, labels=None, auto_reset: bool = True):
+        """Parse, replace invalid outputs by a random legal action, step (auto-resetting), shape the reward.
+        ``labels``: the turn's arm -> label mapping (context randomisation), or None."""
         k_random, k_step, k_reset = jax.random.split(key, 3)
         action, valid = self.parser.parse(generated, length, self.legal_mask(state))
+        if labels is not None:
+            action = unrelabel_action(labels, action)
         executed = jnp.where(valid, action, self.random_legal_action(k_random, state))
         _, next_state, reward, terminated, truncated, info = self.env.step(k_step, state, executed, env_params)
         done = terminated | truncated
@@ -177,17 +190,22 @@ class AgentLoop:
             k_gen, k_env = jax.random.split(key)
             if row_keys is None:
                 row_keys = jax.random.split(k_env, B)
-            first, line, tail = jax.vmap(self._prompt_pieces)(state, env_params)
+            shown, labels = state, None
+            if self.inference.relabel:  # the turn sees the arms under fresh labels
+                k_gen, k_labels = jax.random.split(k_gen)
+                labels = jax.vmap(random_relabelling, (0, None))(jax.random.split(k_labels, B), self.env.num_actions)
+                shown = jax.vmap(relabel_state)(state, labels)
+            first, line, tail = jax.vmap(self._prompt_pieces)(shown, env_params)
             line = (line[0], jnp.where(live, line[1], 0))  # an ended episode's prompt gains no line
-            extra, gen, logp, gen_len = generate(extra, k_gen, state, first, line, tail, history_len)
+            extra, gen, logp, gen_len = generate(extra, k_gen, shown, first, line, tail, history_len)
             forced = jnp.zeros((B,), bool)
             if self.exploration is not None:
-                forced, (tokens, lengths) = jax.vmap(self.exploration)(jax.random.split(k_gen, B), state)
+                forced, (tokens, lengths) = jax.vmap(self.exploration)(jax.random.split(k_gen, B), shown)
                 tokens = _fit(tokens, gen.shape[1], self.renderer.pad_id)
                 gen = jnp.where(forced[:, None], tokens, gen)
                 gen_len = jnp.where(forced, lengths, gen_len)
                 logp = jnp.where(forced[:, None], 0.0, logp)
-            next_state, outs = jax.vmap(env_step)(row_keys, state, gen, gen_len, env_params)
+            next_state, outs = jax.vmap(env_step)(row_keys, state, gen, gen_len, env_params, labels)
             executed, valid, reward, train_reward, done, expected, best = outs
             reward, train_reward, done = reward * live, train_reward * live, done & live
             expected, best = expected * live, best * live  # no regret after a started row's episode
@@ -245,10 +263,31 @@ class AgentLoop:
             # The history before this step's append is at most as long as the bound after it.
             cache, logits = sampler.append(model_params, cfg, cache, new, new_len, history_len, self.unroll_layers,
                                            shared)
-            cache, gen, logp, gen_len = sampler.sample(
-                model_params, cfg, cache, logits, key, max_new_tokens=self.max_new_tokens,
-                temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, stop_tokens=self.stop_tokens,
-                history_len=history_len, unroll_layers=self.unroll_layers, shared_prefix=shared)
+            decode = functools.partial(sampler.sample, model_params, cfg, max_new_tokens=self.max_new_tokens,
+                                       temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+                                       stop_tokens=self.stop_tokens, unroll_layers=self.unroll_layers,
+                                       shared_prefix=shared)
+            inference = self.inference
+            if inference.votes > 1:  # the cache is rewound past the answers next step: keep it as appended
+                k_samples, k_vote = jax.random.split(key)
+                gens, logps, lengths = jax.lax.map(lambda k: decode(cache, logits, k, history_len=history_len)[1:],
+                                                   jax.random.split(k_samples, inference.votes))
+                legal = self.legal_mask(state)
+                parse = jax.vmap(self.parser.parse)
+                actions, valid = jax.vmap(lambda g, n: parse(g, n) if legal is None else parse(g, n, legal))(
+                    gens, lengths)
+                pick = mechanisms.chosen_sample(k_vote, actions, valid, self.env.num_actions, inference.vote)
+                gen, logp, gen_len = (x[pick, jnp.arange(B)] for x in (gens, logps, lengths))
+            elif inference.self_correction:
+                k_first, key = jax.random.split(key)
+                cache, first_answer, _, first_length = decode(cache, logits, k_first, history_len=history_len)
+                request, request_len = mechanisms.correction_turn(r.tokenizer, first_answer, first_length)
+                bound = None if history_len is None else history_len + self._correction_width
+                cache, logits = sampler.append(model_params, cfg, cache, request, request_len, bound,
+                                               self.unroll_layers, shared)
+                cache, gen, logp, gen_len = decode(cache, logits, key, history_len=bound)
+            else:
+                cache, gen, logp, gen_len = decode(cache, logits, key, history_len=history_len)
             return (cache, end_of_history), gen, logp, gen_len
 
         return self._play(env_params, key, generate, (cache, end_of_history), segments, start, env_keys)

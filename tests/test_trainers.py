@@ -145,6 +145,15 @@ def test_a_setting_the_phase_cannot_use_fails_in_one_line_naming_its_key(tmp_pat
 @pytest.mark.parametrize("overrides, key", [
     pytest.param(TICTACTOE + ["rollout.try_all=true"], "rollout.try_all", id="rollout.try_all"),
     pytest.param(TICTACTOE + ["rollout.epsilon_greedy=true"], "rollout.epsilon_greedy", id="rollout.epsilon_greedy"),
+    pytest.param(TICTACTOE + ["eval.try_all=true"], "eval.try_all", id="eval.try_all"),
+    pytest.param(TICTACTOE + ["eval.context_randomisation=true"], "eval.context_randomisation",
+                 id="eval.context_randomisation"),
+    pytest.param(TICTACTOE + ["prompt.ucb_values=true"], "prompt.ucb_values", id="prompt.ucb_values"),
+    pytest.param(TINY + ["prompt.ucb_values=true", "prompt.chain_of_thought=false"], "prompt.ucb_values",
+                 id="prompt.ucb_values-no-cot"),
+    pytest.param(TINY + ["eval.self_consistency=4"], "eval.temperature", id="eval.self_consistency"),
+    pytest.param(TINY + ["eval.self_consistency=4", "eval.temperature=1", "eval.self_correction=true"],
+                 "eval.self_correction", id="eval.self_correction"),
     # the test fixture's vocabulary has 128 tokens, the shipped tokenizer 2048
     pytest.param(TINY + [f"model.checkpoint={FIXTURE_DIR}"], "model.tokenizer", id="model.tokenizer"),
 ])
@@ -219,10 +228,18 @@ def test_evaluating_the_same_parameters_again_reuses_the_curves():
         np.testing.assert_array_equal(again[name], first[name])
 
 
-def test_exploration_mechanisms_shape_training_rollouts_only():
+def test_exploration_mechanisms_act_where_their_section_says():
     exp = build(load_experiment(None, TINY + ["rollout.epsilon_greedy=true", "rollout.try_all=true"]))
     assert exp.train_loop.exploration is not None and exp.eval_loop.exploration is None
     assert exp.eval_loop.temperature == 0.0
+    cfg = load_experiment(None, TINY + ["eval.try_all=true"])
+    exp = build(cfg)
+    assert exp.train_loop.exploration is None and cfg.eval.mechanisms == "+try_all"
+    from jaxagent.trainers.evaluate import Evaluator
+    evaluator = Evaluator(exp, 4, 0)
+    curves = evaluator.model(exp.init_params)  # 3 arms, 3 steps: try-all plays each arm once
+    np.testing.assert_array_equal(curves["coverage"][:, -1], 1.0)
+    assert evaluator.expert(exp.kind.expert(exp.env, exp.tokenizer, exp.labels, "greedy"))["coverage"][:, -1].max() < 1
 
 
 def test_grouped_draw_repeats_each_instance_in_consecutive_rows():

@@ -49,10 +49,10 @@ def train_from_config(path, overrides) -> dict:
         params = exp.init_params
         phases = TRAINERS[cfg.trainer]
         if phases[0] != "sft":
-            curves["initial"] = evaluator.model(params)
+            curves["initial" + cfg.eval.mechanisms] = evaluator.model(params)
         for phase in phases:
             params = PHASES[phase](exp, params, directory / phase, log, _eval_scalars(evaluator))
-            curves[phase] = evaluator.model(params)
+            curves[phase + cfg.eval.mechanisms] = evaluator.model(params)
         Policy(exp.model_cfg, params).save(directory / "policy")
     summary = write_report(directory, curves)
     print_table(summary)
@@ -105,7 +105,7 @@ def eval_from_config(path, overrides) -> dict:
         print(json.dumps(result, indent=2))
         print(f"analysis: {directory} ({analysis.replace('-', '_')}.json, .png)")
         return result
-    curves = {**_baselines(exp, evaluator), "policy": evaluator.model(policy.params)}
+    curves = {**_baselines(exp, evaluator), "policy" + cfg.eval.mechanisms: evaluator.model(policy.params)}
     if is_step_directory(checkpoint):
         report = checkpoint.parent.parent / f"eval_{checkpoint.name}"
     else:

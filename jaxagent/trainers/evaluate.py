@@ -81,8 +81,8 @@ class Evaluator:
 
     def expert(self, expert) -> dict[str, np.ndarray]:
         """Curves of an expert (anything with ``act`` and ``width``, see :mod:`jaxagent.experts`)."""
-        # a reference player's text only has to fit its own turn buffer, not the policy's budget
-        loop = dataclasses.replace(self.exp.eval_loop,
+        # a reference player plays alone, and its text only has to fit its own turn buffer, not the policy's budget
+        loop = dataclasses.replace(self.exp.eval_loop, exploration=None,
                                    max_new_tokens=max(self.exp.eval_loop.max_new_tokens, expert.width))
         traj = jax.jit(lambda pool, key: loop.expert_rollout(expert, pool, key))(self.pool, self.key)
         return episode_curves(traj, self.exp.env.num_actions, self.game)

@@ -114,7 +114,8 @@ def _policy_expert(exp, checkpoint: str) -> Callable:
     if policy.cfg.vocab_size < exp.tokenizer.vocab_size:
         raise ConfigError(f"config key 'eef.expert_checkpoint': its vocabulary ({policy.cfg.vocab_size}) is smaller "
                           f"than the tokenizer's {exp.tokenizer.vocab_size} tokens")
-    loop = dataclasses.replace(exp.eval_loop, model_cfg=dataclasses.replace(policy.cfg, kernels=exp.cfg.model.kernels))
+    loop = dataclasses.replace(exp.eval_loop, exploration=None,
+                               model_cfg=dataclasses.replace(policy.cfg, kernels=exp.cfg.model.kernels))
     play = jax.jit(loop.rollout)
     return lambda sim, tasks, key: sim.recorded(lambda p, s, k, e: play(policy.params, p, k, s, e), tasks, key)
 

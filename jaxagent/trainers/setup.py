@@ -20,6 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxagent.model import GemmaConfig, init_params, load_policy, make_mesh, param_shardings
 from jaxagent.model.sharding import BATCH
 from jaxagent.model.policy import DTYPES
+from jaxagent.mechanisms import Inference
 from jaxagent.rollout import AgentLoop
 from jaxagent.env_kinds import EnvKind, kind_of, make_renderer
 from jaxagent.text import PromptOptions, load_tokenizer, make_parser, shipped_tokenizer
@@ -140,6 +141,18 @@ def _join_processes(run) -> None:
         process_id=_from_environment(run.process_id, "JAX_PROCESS_ID", "run.process_id"))
 
 
+def _exploration(env, renderer, cfg: ExperimentConfig, section: str, try_all: bool, epsilon_greedy: bool,
+                 epsilon: float):
+    """The try-all / ε-greedy override of the ``rollout`` (training) or ``eval`` section, or None."""
+    if not (try_all or epsilon_greedy):
+        return None
+    if not kind_of(env).arms:
+        key = f"{section}.try_all" if try_all else f"{section}.epsilon_greedy"
+        raise ConfigError(f"config key '{key}': applies to bandits only, not {cfg.env.name}")
+    return ExplorationOverride(renderer.tokenizer, renderer.labels, env.horizon, try_all,
+                               epsilon if epsilon_greedy else 0.0)
+
+
 def build(cfg: ExperimentConfig) -> Experiment:
     if cfg.run.distributed and not jax.distributed.is_initialized():
         _join_processes(cfg.run)
@@ -153,13 +166,7 @@ def build(cfg: ExperimentConfig) -> Experiment:
     parser = make_parser(renderer)
     model_cfg, params = _model(cfg, tokenizer.vocab_size, mesh)
     r = cfg.rollout
-    exploration = None
-    if r.try_all or r.epsilon_greedy:
-        if not kind_of(env).arms:
-            key = "rollout.try_all" if r.try_all else "rollout.epsilon_greedy"
-            raise ConfigError(f"config key '{key}': applies to bandits only, not {cfg.env.name}")
-        exploration = ExplorationOverride(tokenizer, renderer.labels, env.horizon, r.try_all,
-                                          r.epsilon if r.epsilon_greedy else 0.0)
+    exploration = _exploration(env, renderer, cfg, "rollout", r.try_all, r.epsilon_greedy, r.epsilon)
     num_steps = env.horizon if cfg.env.num_steps is None else cfg.env.num_steps
     train_loop = AgentLoop(env, renderer, parser, model_cfg, num_steps=num_steps, max_new_tokens=r.max_new_tokens,
                            stop_tokens=tokenizer.stop_ids, temperature=r.temperature, top_k=r.top_k, top_p=r.top_p,
@@ -167,7 +174,14 @@ def build(cfg: ExperimentConfig) -> Experiment:
                            exploration_bonus=r.exploration_bonus_value if r.exploration_bonus else 0.0,
                            exploration=exploration, unroll_layers=r.unroll_layers,
                            history_segments=r.history_segments)
-    # Evaluation plays the policy alone: no try-all / ε-greedy turns (training-time exploration mechanisms).
-    eval_loop = dataclasses.replace(train_loop, temperature=cfg.eval.temperature, top_k=0, top_p=1.0,
-                                    exploration=None)
+    # Evaluation plays the policy with the evaluation's own exploration mechanisms (none by default).
+    e = cfg.eval
+    if e.context_randomisation and env.kind != "bandit":
+        raise ConfigError(f"config key 'eval.context_randomisation': applies to multi-armed bandits only, not "
+                          f"{cfg.env.name}")
+    inference = Inference(votes=e.self_consistency, vote=e.vote, self_correction=e.self_correction,
+                          relabel=e.context_randomisation)
+    eval_loop = dataclasses.replace(train_loop, temperature=e.temperature, top_k=0, top_p=1.0, inference=inference,
+                                    exploration=_exploration(env, renderer, cfg, "eval", e.try_all,
+                                                             e.epsilon_greedy, e.epsilon))
     return Experiment(cfg, mesh, env, tokenizer, renderer, parser, model_cfg, params, train_loop, eval_loop)
