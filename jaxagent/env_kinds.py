@@ -10,7 +10,7 @@ import dataclasses
 from typing import Any, Callable, Mapping
 
 from jaxagent import metrics
-from jaxagent.experts import Expert, MinimaxExpert
+from jaxagent.experts import REASONS, Expert, PolicyExpert
 from jaxagent.text import (BanditRenderer, ContextualRenderer, PromptOptions, TextError, TicTacToeRenderer,
                            needs_self_check)
 
@@ -32,8 +32,8 @@ class EnvKind:
                blunder: float = 0.0):
         """The expert ``name`` (one of ``experts`` or ``baselines``' values) writing ``rationale + ACTION=X``
         (``reasoning``) or the action alone; ``blunder``: its chance of a random action per turn."""
-        if self.games:
-            return MinimaxExpert(env, tokenizer, labels, reasoning, blunder=blunder)
+        if name in REASONS:
+            return PolicyExpert(name, env, tokenizer, labels, reasoning, blunder=blunder)
         return Expert(name, tokenizer, labels, env.horizon, stats=stats, reasoning=reasoning, blunder=blunder)
 
     def baseline_experts(self, env, tokenizer, labels) -> dict:
@@ -66,8 +66,8 @@ _BANDIT_BASELINES = {"random": "random", "ucb": "ucb", "greedy_expert": "greedy"
 KINDS: dict[str, EnvKind] = {
     "bandit": EnvKind(_bandit_renderer, experts=("ucb", "greedy"), games=False, baselines=_BANDIT_BASELINES,
                       successes=_REGRET),
-    "contextual_bandit": EnvKind(_contextual_renderer, experts=("ucb", "greedy"), games=False,
-                                 baselines=_BANDIT_BASELINES, successes=_REGRET),
+    "contextual_bandit": EnvKind(_contextual_renderer, experts=("ucb", "greedy", "linucb"), games=False,
+                                 baselines={**_BANDIT_BASELINES, "linucb": "linucb"}, successes=_REGRET),
     "game": EnvKind(_tictactoe_renderer, experts=("minimax",), games=True, baselines={"minimax": "minimax"},
                     successes={"win": lambda traj, threshold=None: metrics.won_first_game(traj.env_rewards, traj.done),
                                "not_lose": lambda traj, threshold=None: metrics.did_not_lose_first_game(

@@ -147,6 +147,9 @@ class RLConfig:
     value_coef: float = 0.5
     value_clip: float | None = None
     learning_rate: float | None = None     # this phase's peak learning rate; None = optim.learning_rate
+    batch_unit: Literal["episode", "context"] = "episode"  # a batch row: one packed episode (batch_size rounded
+                                           # to whole episodes), or one step context scored alone (batch_size
+                                           # exact; history windows allowed)
 
     def validate(self) -> None:
         _check_batching(self, "rl")
@@ -167,7 +170,8 @@ class RLConfig:
 @dataclasses.dataclass(frozen=True)
 class SFTConfig:
     target: Literal["thought_cloning", "behaviour_cloning"] = "thought_cloning"
-    expert: Literal["ucb", "greedy", "minimax"] = "ucb"   # bandits: ucb or greedy; tic-tac-toe: minimax
+    expert: Literal["ucb", "greedy", "minimax", "linucb"] = "ucb"  # bandits: ucb or greedy (contextual: also
+                                           # linucb); tic-tac-toe: minimax
     rationale_stats: bool = True           # thought cloning writes each arm's count, mean (and UCB) first
     action_noise: float = 0.0              # chance a random arm is played instead of the expert's (still labelled
                                            # with the expert's text for that state)

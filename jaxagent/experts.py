@@ -1,5 +1,5 @@
 """Experts that act and write their reasoning. Bandits: UCB (the paper's thought-cloning expert), greedy, random;
-tic-tac-toe: minimax.
+contextual bandits also LinUCB; tic-tac-toe: minimax.
 
 UCB plays every arm once, then the highest mean + sqrt(1/n) (the paper's rationale form); greedy plays the best
 mean so far (a random arm before anything was tried) — the behaviour the paper finds in LLMs; random is the
@@ -19,7 +19,9 @@ from jaxagent.text.rationale import RationaleRenderer, ucb_values
 from jaxagent.text.tokenizer import END_OF_TURN, TextError, TextTokenizer
 
 EXPERTS = ("ucb", "greedy", "random")
-MINIMAX_REASON = "Square {} is a minimax move (win soonest, lose latest).\n"
+# an envs_jax baseline an expert may play -> the reason it writes before its action
+REASONS = {"minimax": "Square {} is a minimax move (win soonest, lose latest).\n",
+           "linucb": "Movie {} has the highest LinUCB score for this user.\n"}
 
 
 def blundered(key, action, blunder: float, legal):
@@ -70,19 +72,22 @@ class Expert:
         return self.rationale.text(counts, means, ucb, action)
 
 
-class MinimaxExpert:
-    """Tic-tac-toe minimax (random among equally good moves) with a one-line reason, or the action alone."""
+class PolicyExpert:
+    """A baseline policy of :mod:`envs_jax.baselines` (``minimax``: random among equally good moves; ``linucb``)
+    with its one-line reason (:data:`REASONS`), or the action alone."""
 
-    def __init__(self, env, tokenizer: TextTokenizer, labels, reasoning: bool = True, blunder: float = 0.0):
-        self.blunder = float(blunder)
-        self.policy = envs_jax.baselines.make("minimax", env)
-        self.reasons = Table(tokenizer, [MINIMAX_REASON.format(label) for label in labels], "minimax reason")
+    def __init__(self, name: str, env, tokenizer: TextTokenizer, labels, reasoning: bool = True,
+                 blunder: float = 0.0):
+        self.blunder, self.num_actions = float(blunder), env.num_actions
+        self.policy = envs_jax.baselines.make(name, env)
+        self.reasons = Table(tokenizer, [REASONS[name].format(label) for label in labels], f"{name} reason")
         self.actions = Table(tokenizer, [f"ACTION={label}{END_OF_TURN}" for label in labels], "action")
         self.reasoning, self.pad_id = reasoning, tokenizer.pad_id
         self.width = (self.reasons.width if reasoning else 0) + self.actions.width
 
     def act(self, key, state, params) -> tuple[jax.Array, Piece]:
-        action = blundered(key, self.policy(key, state, params), self.blunder, state.legal_mask)
+        legal = getattr(state, "legal_mask", jnp.ones(self.num_actions, bool))
+        action = blundered(key, self.policy(key, state, params), self.blunder, legal)
         pieces = ([self.reasons(action)] if self.reasoning else []) + [self.actions(action)]
         return action, join(pieces, self.pad_id)
 

@@ -94,7 +94,7 @@ class AgentLoop:
     @property
     def cache_len(self) -> int:
         r = self.renderer
-        body = r.options.max_len if not self.rewinds else r.prefix[1] + r.window * r.line_width + r.tail_width
+        body = r.width  # the longest prompt
         return int(body + self.max_new_tokens + self._correction_width)
 
     @property

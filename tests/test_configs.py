@@ -49,3 +49,17 @@ def test_the_no_chain_of_thought_paper_config_trains_at_its_budget_of_16_tokens_
         assert f"<td>{name}</td><td>{row['regret']['mean']:.3f} ± {row['regret']['ci95']:.3f}</td>" in page
     assert page.count("data:image/png;base64,") == 4  # regret, coverage, greedy-action rate, training
     assert "rlft: " in page and "s per update" in page
+
+
+def test_the_contextual_paper_config_trains_with_a_history_window_one_context_at_a_time(tmp_path):
+    """Contextual RLFT within the prompt budget: windowed prompts (re-prefilled as the oldest line leaves), each
+    step context scored alone, LinUCB among the reference players."""
+    from jaxagent.trainers import train_from_config
+    summary = train_from_config(CONFIGS / "paper" / "cb_movielens_5arms_2b.yaml", [
+        "model.checkpoint=shipped:nano-greedy-base", "model.tokenizer=shipped", "model.dtype=float32",
+        "env.options={num_arms: 5, horizon: 4, num_users: 8, synthetic_users: 40}", "env.pool_size=8",
+        "prompt.history_window=2", "rollout.envs_per_rollout=2", "rollout.max_new_tokens=16",
+        "rollout.history_segments=1", "rl.batch_size=4", "rl.num_updates=2", "optim.name=adamw",
+        "optim.warmup_steps=1", "eval.num_episodes=4", "run.checkpoint_every=2", f"run.output_dir={tmp_path}"])
+    assert set(summary) == {"random", "ucb", "greedy_expert", "linucb", "initial", "rlft"}
+    assert summary["linucb"]["regret"]["mean"] <= summary["random"]["regret"]["mean"]

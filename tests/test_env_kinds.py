@@ -5,7 +5,7 @@ import pytest
 import envs_jax
 from jaxagent import metrics
 from jaxagent.env_kinds import KINDS, kind_of
-from jaxagent.experts import Expert, MinimaxExpert
+from jaxagent.experts import Expert, PolicyExpert
 from jaxagent.text import shipped_tokenizer
 
 OPTIONS = {"contextual-movielens": {"synthetic_users": 20, "num_users": 4}}
@@ -19,7 +19,7 @@ def test_every_registered_env_has_a_kind_entry_whose_experts_play_it(name):
     labels = tuple(str(i) for i in range(env.num_actions))
     for expert in kind.experts:
         made = kind.expert(env, shipped_tokenizer(), labels, expert)
-        assert isinstance(made, MinimaxExpert if kind.games else Expert)
+        assert isinstance(made, PolicyExpert if expert in ("minimax", "linucb") else Expert)
 
 
 def test_first_game_outcomes_count_only_the_first_game_of_a_row():

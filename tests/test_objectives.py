@@ -22,7 +22,7 @@ from jaxagent.text.render import PromptOptions
 from jaxagent.text.tokenizer import shipped_tokenizer
 from jaxagent.train_step import accumulate_gradients
 from jaxagent.experts import ExplorationOverride, Expert
-from jaxagent.trainers.rlft import rl_batch, rl_loss, rl_weights
+from jaxagent.trainers.rlft import rl_batch, rl_loss, rl_weights, unit_inputs
 from jaxagent.trainers.sft import sft_batch, sft_loss
 
 TOK = shipped_tokenizer()
@@ -144,12 +144,14 @@ def _assert_tree_close(got, want, rtol):
         assert np.linalg.norm(g - w) <= rtol * np.linalg.norm(w) + 1e-9, (np.linalg.norm(g - w), np.linalg.norm(w))
 
 
+@pytest.mark.parametrize("unit", ["episode", "context"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_rlft_objective_and_gradient_equal_the_per_context_objective(rollout, case):
-    rl = CASES[case]
+def test_rlft_objective_and_gradient_equal_the_per_context_objective(rollout, case, unit):
+    """Both batch units (packed episodes, step contexts rendered again from the recorded states)."""
+    rl = dataclasses.replace(CASES[case], batch_unit=unit)
     loop, params, ref_params, traj = rollout
-    batch = jax.jit(lambda p, r, t: rl_batch(p, r, CFG, rl, loop.renderer.prefix[0], t, TOK.pad_id, TEMPERATURE))(
-        params, ref_params, traj)
+    batch = jax.jit(lambda p, r, t: rl_batch(p, r, CFG, rl, unit_inputs(rl, loop.renderer, t, None, TOK.pad_id), t,
+                                             TEMPERATURE))(params, ref_params, traj)
     objective, old_logp, scored, mask = _hand_objective(rl, loop, params, ref_params, traj)
     assert float(mask.sum()) > N * HORIZON
     # the behaviour log-probs are the scorer's at the sampling temperature: the first update starts at ratio 1
@@ -205,8 +207,9 @@ def test_forced_turns_are_rescored_under_the_rollouts_parameters(rollout):
     traj = jax.jit(loop.rollout)(params, pool, jax.random.key(6))
     forced = np.asarray(traj.forced).reshape(-1)
     assert 0 < forced.mean() < 1
-    batch = jax.jit(lambda p, t: rl_batch(p, ref_params, CFG, RLConfig(), loop.renderer.prefix[0], t, TOK.pad_id,
-                                          TEMPERATURE, forced_turns=True))(params, traj)
+    rl = RLConfig()
+    batch = jax.jit(lambda p, t: rl_batch(p, ref_params, CFG, rl, unit_inputs(rl, loop.renderer, t, None, TOK.pad_id),
+                                          t, TEMPERATURE, forced_turns=True))(params, traj)
     width = traj.tokens.shape[-1]
     old, sampled = (np.asarray(x).reshape(-1, width) for x in (batch["old_logp"], traj.logprobs))
     tokens, positions, _, mask = _contexts(loop, traj)

@@ -18,7 +18,7 @@ from jaxagent.text.parse import ActionParser
 from jaxagent.text.render import PromptOptions
 from jaxagent.text.tokenizer import shipped_tokenizer
 from jaxagent.train_step import create_train_state, make_train_step, shardings_of
-from jaxagent.trainers.rlft import rl_batch, rl_loss, rl_weights
+from jaxagent.trainers.rlft import rl_batch, rl_loss, rl_weights, unit_inputs
 
 CFG = GemmaConfig(vocab_size=2048, num_layers=2, d_model=32, ffw_dim=64, num_heads=2, num_kv_heads=1, head_dim=16,
                   sliding_window=32, query_pre_attn_scalar=16)
@@ -41,7 +41,8 @@ def fixed_batch():
     @jax.jit
     def build(params, ref_params, pool, key):
         traj = loop.rollout(params, pool, key)
-        return rl_batch(params, ref_params, CFG, RL, renderer.prefix[0], traj, tok.pad_id, TEMPERATURE)
+        return rl_batch(params, ref_params, CFG, RL, unit_inputs(RL, renderer, traj, None, tok.pad_id), traj,
+                        TEMPERATURE)
     return params, build(params, ref_params, pool, jax.random.key(2))
 
 

@@ -182,7 +182,7 @@ def test_tictactoe_sft_on_minimax_reports_win_draw_loss(tmp_path):
 
 def test_minimax_expert_text_parses_back_to_its_move():
     import envs_jax
-    from jaxagent.experts import MinimaxExpert
+    from jaxagent.experts import PolicyExpert
     from jaxagent.env_kinds import make_renderer
     from jaxagent.text import make_parser
     from jaxagent.text.tokenizer import shipped_tokenizer
@@ -190,7 +190,7 @@ def test_minimax_expert_text_parses_back_to_its_move():
     tok = shipped_tokenizer()
     renderer = make_renderer(env, tok)
     parser = make_parser(renderer)
-    expert = MinimaxExpert(env, tok, renderer.labels)
+    expert = PolicyExpert("minimax", env, tok, renderer.labels)
     params = env.sample_params(jax.random.key(0))
     _, state = env.reset(jax.random.key(1), params)
     for t in range(3):

@@ -88,6 +88,7 @@ class Renderer:
         self.line_width = int(jax.eval_shape(lambda: self.history_line(state, params, 0))[0].shape[0])
         self.tail_width = int(jax.eval_shape(lambda: self.tail(state, params))[0].shape[0])
         longest = len(prefix_ids) + self.window * self.line_width + self.tail_width
+        self.width = longest  # every prompt fits: rendered prompts are this wide
         if longest > self.options.max_len:
             widest = max(_tables(vars(self)), key=lambda table: table.width)
             raise TextError(
@@ -137,7 +138,8 @@ class Renderer:
         return join([(rows[i], lengths[i]) for i in range(self.horizon)], self.pad_id)
 
     def render(self, state, params) -> Piece:
-        """The whole prompt: tokens[max_len] (padded) and its length."""
+        """The whole prompt: tokens[width] (padded; ``width``, the longest prompt, is at most ``max_len``) and its
+        length."""
         state, params = _as_arrays(state, params)
         steps = jnp.arange(self.horizon, dtype=jnp.int32)
         rows, row_lengths = jax.vmap(lambda i: self.history_line(state, params, i))(steps)
@@ -145,12 +147,12 @@ class Renderer:
         row_lengths = jnp.where((steps < t) & (steps >= t - self.window), row_lengths, 0)
         tail, tail_length = self.tail(state, params)
         prefix_tokens, prefix_length = self.prefix
-        width = self.options.max_len + max(self.line_width, self.tail_width)
+        width = self.width + max(self.line_width, self.tail_width)
         out = jnp.zeros((width,), jnp.int32).at[:prefix_length].set(prefix_tokens)
         pieces = [(rows[i], row_lengths[i]) for i in range(self.horizon)] + [(tail, tail_length)]
         out, total = write_in_order(out, pieces, prefix_length)
-        position = jnp.arange(self.options.max_len, dtype=jnp.int32)
-        return jnp.where(position < total, out[: self.options.max_len], self.pad_id), total
+        position = jnp.arange(self.width, dtype=jnp.int32)
+        return jnp.where(position < total, out[: self.width], self.pad_id), total
 
     # --- checks -------------------------------------------------------------------------------------------
     def sample(self, rng: np.random.Generator, n: int):

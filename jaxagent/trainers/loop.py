@@ -4,8 +4,9 @@ checkpoints and resume.
 One iteration draws its data with ``fold_in(key, updates so far)``, so a run resumed from a checkpoint
 (saved only between iterations) continues exactly as the uninterrupted run would have.
 
-A trainer's batch unit is one packed episode (all its step contexts in one row, see :mod:`jaxagent.packing`):
-batch sizes are given in step contexts, as in the paper, and rounded to whole episodes.
+Batch sizes are given in step contexts, as in the paper. A trainer's batch unit is one packed episode (all its step
+contexts in one row, see :mod:`jaxagent.packing`; sizes rounded to whole episodes) or, for RLFT with
+``rl.batch_unit: context``, one step context (:mod:`jaxagent.contexts`; sizes exact).
 """
 from __future__ import annotations
 
@@ -47,10 +48,10 @@ def micro_batches(micro_batch_size: int | None, episodes: int, num_steps: int, k
     return episodes // per
 
 
-def check_batch_split(episodes: int, mesh, key: str) -> None:
+def check_batch_split(rows: int, mesh, key: str, unit: str = "episodes") -> None:
     shards = row_shards(mesh)
-    if episodes % shards:
-        raise ConfigError(f"config key '{key}': an update's {episodes} episodes do not split over the mesh's "
+    if rows % shards:
+        raise ConfigError(f"config key '{key}': an update's {rows} {unit} do not split over the mesh's "
                           f"data x fsdp = {shards} devices")
 
 
@@ -58,9 +59,9 @@ def check_growing_history(loop) -> None:
     """A packed episode's history only grows: training needs the whole history in the prompt."""
     if not loop.rewinds:
         r = loop.renderer
-        raise ConfigError(f"config key 'prompt.history_window': training needs the whole history in the prompt "
-                          f"(packed episodes), got a window of {r.window} of the {r.horizon} steps; windows "
-                          f"apply to evaluation only")
+        raise ConfigError(f"config key 'prompt.history_window': packed episodes need the whole history in the "
+                          f"prompt, got a window of {r.window} of the {r.horizon} steps; windows apply to evaluation "
+                          f"and to RLFT with rl.batch_unit: context")
 
 
 def draw(pool, key, n: int, group_size: int = 1):

@@ -2,9 +2,9 @@
 
 Each rollout plays ``rollout.envs_per_rollout`` agent episodes with the current policy (the whole episode in one
 jitted function, :mod:`jaxagent.rollout`); the training reward is the env reward plus the shaping terms (−5 for
-an invalid action, an optional exploration bonus). From the rollout, once and without gradient: the packed
-episodes, the reference policy's log-probs, the advantages (``rl.advantage``). Then ``rl.epochs`` passes of
-mini-batch updates minimise
+an invalid action, an optional exploration bonus). From the rollout, once and without gradient: the batch unit's
+inputs (``rl.batch_unit``: packed episodes, or step contexts scored one at a time), the reference policy's
+log-probs, the advantages (``rl.advantage``). Then ``rl.epochs`` passes of mini-batch updates minimise
 
     PPO-clip(ratio, advantage) + β · KL(π ‖ π_ref) [+ c · value loss]
 
@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from envs_jax.yaml_config import ConfigError
 from jaxagent import advantages as adv_lib
 from jaxagent import losses, metrics
+from jaxagent.contexts import score_contexts, step_contexts
 from jaxagent.experiment_config import RLConfig
 from jaxagent.model.config import GemmaConfig
 from jaxagent.packing import pack, score_packed, token_mask
@@ -51,34 +52,46 @@ def _gae(rl, rewards, traj, values):
 ADVANTAGES = {"rewards_to_go_mc": Advantage(_rewards_to_go_mc, False), "gae": Advantage(_gae, True)}
 
 
-def rl_batch(params, ref_params, model_cfg: GemmaConfig, rl: RLConfig, prefix_tokens, traj, pad_id: int,
-             temperature: float, forced_turns: bool = False) -> dict:
-    """Everything the loss needs, computed once per rollout (no gradient). With ``forced_turns`` (try-all /
-    ε-greedy wrote some turns), those turns' behaviour log-probs are the model's log-probs of the forced text
-    under the rollout's parameters."""
-    packed = pack(prefix_tokens, traj, pad_id)
-    ref_logp = score_packed(ref_params, model_cfg, packed, temperature=temperature)
+# rl.batch_unit -> the scorer of its inputs: (params, cfg, inputs, temperature=, with_values=) -> log-probs
+# [B, T, G] (and values [B, T]), for inputs built from [B, T] steps
+SCORERS = {"episode": score_packed, "context": score_contexts}
+
+
+def unit_inputs(rl: RLConfig, renderer, traj, env_params, pad_id: int):
+    """The batch unit's inputs for a rollout: its packed episodes, or its step contexts."""
+    if rl.batch_unit == "episode":
+        return pack(renderer.prefix[0], traj, pad_id)
+    return step_contexts(renderer, traj, env_params, pad_id)
+
+
+def rl_batch(params, ref_params, model_cfg: GemmaConfig, rl: RLConfig, inputs, traj, temperature: float,
+             forced_turns: bool = False) -> dict:
+    """Everything the loss needs, computed once per rollout (no gradient), laid out ``[B, T, ...]``. With
+    ``forced_turns`` (try-all / ε-greedy wrote some turns), those turns' behaviour log-probs are the model's
+    log-probs of the forced text under the rollout's parameters."""
+    scorer = SCORERS[rl.batch_unit]
+    ref_logp = scorer(ref_params, model_cfg, inputs, temperature=temperature)
     old_logp = traj.logprobs
     if forced_turns:
-        scored = score_packed(params, model_cfg, packed, temperature=temperature)
+        scored = scorer(params, model_cfg, inputs, temperature=temperature)
         old_logp = jnp.where(traj.forced[..., None], scored, old_logp)
     rewards = traj.train_rewards
     if rl.normalize_rewards:
         rewards = adv_lib.normalize_rewards(traj.env_rewards) + (traj.train_rewards - traj.env_rewards)
-    batch = {"packed": packed, "mask": token_mask(traj), "old_logp": old_logp, "ref_logp": ref_logp}
+    batch = {"inputs": inputs, "mask": token_mask(traj), "old_logp": old_logp, "ref_logp": ref_logp}
     advantage, values = ADVANTAGES[rl.advantage], None
     if advantage.needs_values:
-        _, values = score_packed(params, model_cfg, packed, temperature=temperature, with_values=True)
+        _, values = scorer(params, model_cfg, inputs, temperature=temperature, with_values=True)
         batch["old_values"] = values
     advantages, returns = advantage.estimate(rl, rewards, traj, values)
     return {**batch, "advantages": advantages, "returns": returns}
 
 
 def rl_loss(model_cfg: GemmaConfig, rl: RLConfig, temperature: float):
-    with_values = ADVANTAGES[rl.advantage].needs_values
+    with_values, scorer = ADVANTAGES[rl.advantage].needs_values, SCORERS[rl.batch_unit]
 
     def loss_fn(params, batch):
-        out = score_packed(params, model_cfg, batch["packed"], temperature=temperature, with_values=with_values)
+        out = scorer(params, model_cfg, batch["inputs"], temperature=temperature, with_values=with_values)
         logp, values = out if with_values else (out, None)
         G = logp.shape[-1]
         flat = lambda x: x.reshape(-1, G)
@@ -100,34 +113,49 @@ def rl_weights(rl: RLConfig) -> dict:
     return {**weights, "value": rl.value_coef} if ADVANTAGES[rl.advantage].needs_values else weights
 
 
+def _rows_per_update(rl: RLConfig, loop, episodes_per_rollout: int) -> tuple[int, int, int]:
+    """(batch rows per update, updates per rollout, micro-batches per update) for ``rl.batch_unit``."""
+    if rl.batch_unit == "episode":
+        check_growing_history(loop)
+        rows = episodes_per_update(rl.batch_size, loop.num_steps, episodes_per_rollout)
+        return rows, episodes_per_rollout // rows, micro_batches(rl.micro_batch_size, rows, loop.num_steps,
+                                                                 "rl.micro_batch_size")
+    contexts = episodes_per_rollout * loop.num_steps
+    if rl.batch_size > contexts:
+        raise ConfigError(f"config key 'rl.batch_size': {rl.batch_size} contexts, more than a rollout's {contexts}")
+    return rl.batch_size, contexts // rl.batch_size, rl.batch_size // (rl.micro_batch_size or rl.batch_size)
+
+
 def train(exp, params, directory: Path, log: RunLog, evaluate=None):
     cfg, loop = exp.cfg, exp.train_loop
     rl, r = cfg.rl, cfg.rollout
-    check_growing_history(loop)
-    episodes = episodes_per_update(rl.batch_size, loop.num_steps, r.envs_per_rollout)
-    updates_per_rollout = r.envs_per_rollout // episodes * rl.epochs
+    rows, per_rollout, k = _rows_per_update(rl, loop, r.envs_per_rollout)
+    updates_per_rollout = per_rollout * rl.epochs
     if rl.num_updates % updates_per_rollout:
         raise ConfigError(f"config key 'rl.num_updates': {rl.num_updates} is not a multiple of the "
                           f"{updates_per_rollout} updates each rollout gives")
-    k = micro_batches(rl.micro_batch_size, episodes, loop.num_steps, "rl.micro_batch_size")
-    check_batch_split(episodes // k, exp.mesh, "rl.batch_size")
+    check_batch_split(rows // k, exp.mesh, "rl.batch_size", f"{rl.batch_unit}s")
     key = jax.random.key(cfg.run.seed + 1)
     pool = exp.pool(jax.random.fold_in(key, 1), cfg.env.pool_size)
-    prefix, ref_params = exp.renderer.prefix[0], params
-    play = loop.rollout_on(exp.mesh)
+    ref_params, play, pad_id = params, loop.rollout_on(exp.mesh), exp.tokenizer.pad_id
 
     @jax.jit
     def make_batch(key, params, ref_params, pool):
         k_draw, k_play = jax.random.split(key)
-        traj = play(params, draw(pool, k_draw, r.envs_per_rollout, rl.group_size), k_play)
-        batch = rl_batch(params, ref_params, exp.model_cfg, rl, prefix, traj, exp.tokenizer.pad_id,
-                         loop.temperature, forced_turns=loop.exploration is not None)
+        instances = draw(pool, k_draw, r.envs_per_rollout, rl.group_size)
+        traj = play(params, instances, k_play)
+        inputs = unit_inputs(rl, exp.renderer, traj, instances, pad_id)
+        batch = rl_batch(params, ref_params, exp.model_cfg, rl, inputs, traj, loop.temperature,
+                         forced_turns=loop.exploration is not None)
+        if rl.batch_unit == "context":  # the rollout's contexts in a random order, the remainder left out
+            batch = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), batch)
+            order = jax.random.permutation(jax.random.fold_in(key, 1), r.envs_per_rollout * loop.num_steps)
+            batch = jax.tree.map(lambda x: x[order[: rows * per_rollout]], batch)
         return batch, metrics.rollout_summary(traj, exp.env.num_actions)
 
     def make_data(key, params):
         batch, stats = make_batch(key, params, ref_params, pool)
-        minibatches = split_updates(batch, r.envs_per_rollout // episodes)
-        return minibatches * rl.epochs, {f"rollout/{k}": float(v) for k, v in stats.items()}
+        return split_updates(batch, per_rollout) * rl.epochs, {f"rollout/{k}": float(v) for k, v in stats.items()}
 
     phase = Phase("rlft", rl_loss(exp.model_cfg, rl, loop.temperature), make_data, rl.num_updates,
                   rl.learning_rate, num_micro_batches=k, weights=rl_weights(rl))
