@@ -313,6 +313,8 @@ class RunConfig:
     name: str = "run"
     output_dir: str = "runs"               # the run directory is output_dir/name
     seed: int = 0
+    seeds: tuple[int, ...] = ()            # several: one run per seed (output_dir/name/seed_S), then summary.json
+                                           # over seeds (mean and 95% CI over the seeds' means, as the paper)
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     log_every: int = 10
@@ -326,6 +328,8 @@ class RunConfig:
         _require(bool(self.name) and "/" not in self.name, "run.name", "must be a non-empty name without '/'",
                  self.name)
         _positive(self, "run", "checkpoint_every", "keep_checkpoints", "log_every")
+        _require(not self.seeds or (len(self.seeds) >= 2 and len(set(self.seeds)) == len(self.seeds)), "run.seeds",
+                 "must be empty or list at least 2 distinct seeds (for a confidence interval)", list(self.seeds))
         for key in ("coordinator_address", "num_processes", "process_id"):
             _require(self.distributed or getattr(self, key) is None, f"run.{key}",
                      "applies to multi-host runs only (run.distributed: true)", getattr(self, key))
@@ -356,6 +360,8 @@ class ExperimentConfig:
 
     def validate(self) -> None:
         _require(self.trainer in TRAINERS, "trainer", f"must be one of {', '.join(TRAINERS)}", self.trainer)
+        _require(not self.run.seeds or not set(TRAINERS[self.trainer]) <= set(TASK_METHODS), "run.seeds",
+                 "applies to the sft / rlft trainers (the EEF paper's methods take eef.seeds)", list(self.run.seeds))
         if self.rl.advantage == "gae":
             _require(self.model.value_head, "model.value_head", "must be true when rl.advantage is 'gae'",
                      self.model.value_head)

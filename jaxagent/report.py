@@ -52,13 +52,14 @@ def _load_json(path: Path):
 
 class Run:
     def __init__(self, directory: Path):
-        if not (directory / "config.yaml").is_file():
-            raise ConfigError(f"{directory}: not a run directory (no config.yaml)")
+        if not any((directory / name).exists() for name in ("config.yaml", "summary.json", "analyses")):
+            raise ConfigError(f"{directory}: not a run directory (no config.yaml, summary.json or analyses/)")
         self.directory, self.name = directory, directory.name
         self.summary = _load_json(directory / "summary.json") or {}
         self.curves = _load_json(directory / "curves.json") or {}
         self.info = _load_json(directory / "run.json") or {}
-        self.config = (directory / "config.yaml").read_text()
+        config = directory / "config.yaml"
+        self.config = config.read_text() if config.is_file() else ""
         self.scalars = read_scalars(directory / "tb") if (directory / "tb").is_dir() else {}
         self.analyses = {p.stem: (json.loads(p.read_text()), p.with_suffix(".png"))
                          for p in sorted((directory / "analyses").glob("*.json"))}

@@ -1,5 +1,6 @@
 """End-to-end trainer behaviour on a tiny set-up: exact resume after an interruption, clear errors, two devices."""
 import dataclasses
+import json
 import shutil
 import sys
 import zlib
@@ -353,3 +354,19 @@ def test_two_device_row_mesh_plays_per_device_refuses_odd_batches_and_updates(tm
 
 if __name__ == "__main__" and "--two-devices" in sys.argv:
     _rlft_on_two_devices(sys.argv[-1])
+
+
+def test_a_run_over_seeds_reports_the_mean_and_ci_over_the_seeds(tmp_path):
+    from jaxagent.trainers import train_from_config
+    summary = train_from_config(None, TINY + ["trainer=sft", "sft.num_updates=2", "eval.num_episodes=2",
+                                              "run.seeds=[3, 5]", f"run.output_dir={tmp_path}", "run.name=seeds"])
+    per_seed = [json.loads((tmp_path / "seeds" / f"seed_{s}" / "summary.json").read_text()) for s in (3, 5)]
+    assert load_experiment(tmp_path / "seeds" / "seed_5" / "config.yaml").run.seed == 5
+    for method in ("random", "sft"):
+        values = [s[method]["regret"]["mean"] for s in per_seed]
+        row = summary[method]["regret"]
+        assert row["per_seed"] == pytest.approx(values)
+        assert row["mean"] == pytest.approx(np.mean(values))
+        assert row["ci95"] == pytest.approx(12.706 * np.std(values, ddof=1) / np.sqrt(2), rel=1e-3)
+    assert json.loads((tmp_path / "seeds" / "summary.json").read_text()) == summary
+    assert (tmp_path / "seeds" / "regret.png").is_file()

@@ -28,7 +28,8 @@ from envs_jax.bandits import BanditState
 from envs_jax.yaml_config import ConfigError
 from jaxagent import metrics
 from jaxagent.env_kinds import make_renderer
-from jaxagent.model.sampler import generate, score_continuations_jit
+from jaxagent.model.kv_cache import KVCache
+from jaxagent.model.sampler import prefill, sample, score_continuations_jit
 from jaxagent.text.tokenizer import END_OF_TURN
 
 BUCKETS = ((0, 10), (45, 55), (90, 100))
@@ -133,15 +134,17 @@ def scored_probabilities(exp, params, prompts, lengths, chunk: int) -> np.ndarra
 
 def sampled_probabilities(exp, params, prompts, lengths, key, samples: int, chunk: int):
     """(π [N, K] over the valid answers, the invalid fraction [N]) from ``samples`` answers per prompt."""
-    loop, arms = exp.eval_loop, len(exp.labels)
-    parse = jax.jit(jax.vmap(exp.parser.parse))
+    loop, arms, cfg = exp.eval_loop, len(exp.labels), exp.model_cfg
 
-    def answers(p, n, k):
-        tokens, _, generated = generate(params, exp.model_cfg, jnp.repeat(p, samples, axis=0),
-                                        jnp.repeat(n, samples), k, max_len=p.shape[1] + loop.max_new_tokens,
-                                        max_new_tokens=loop.max_new_tokens, temperature=1.0,
-                                        stop_tokens=loop.stop_tokens)[1:]
-        action, valid = parse(tokens, generated)
+    @jax.jit
+    def answers(p, n, k):  # each prompt prefilled once, its cache repeated for the samples
+        cache, logits = prefill(params, cfg, p, n, p.shape[1] + loop.max_new_tokens)
+        cache = KVCache(jnp.repeat(cache.k, samples, 1), jnp.repeat(cache.v, samples, 1),
+                        jnp.repeat(cache.end, samples))
+        _, tokens, _, generated = sample(params, cfg, cache, jnp.repeat(logits, samples, 0), k,
+                                         max_new_tokens=loop.max_new_tokens, temperature=1.0,
+                                         stop_tokens=loop.stop_tokens)
+        action, valid = jax.vmap(exp.parser.parse)(tokens, generated)
         hits = jax.nn.one_hot(action, arms) * valid[:, None]
         return hits.reshape(-1, samples, arms).sum(1), 1.0 - valid.reshape(-1, samples).mean(1)
 

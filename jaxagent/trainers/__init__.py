@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from envs_jax.yaml_config import ConfigError
-from jaxagent import analyses
+from jaxagent import analyses, metrics
 from jaxagent.checkpoint import Checkpointer, is_step_directory
 from jaxagent.experiment_config import TASK_METHODS, TRAINERS, load_experiment
 from jaxagent.model import load_policy
@@ -15,7 +17,7 @@ from jaxagent.model.policy import Policy
 from jaxagent.runlog import RunLog
 from jaxagent.text.tokenizer import save_hf_tokenizer
 from jaxagent.trainers import compare, rlft, sft
-from jaxagent.trainers.evaluate import Evaluator, print_table, summarise, write_report
+from jaxagent.trainers.evaluate import Evaluator, print_table, summarise, write_report, write_summary
 from jaxagent.trainers.setup import build, tokenizer_for
 
 # phase name -> train(exp, params, directory, log, evaluate) -> tuned params
@@ -34,8 +36,40 @@ def _eval_scalars(evaluator: Evaluator):
     return scalars
 
 
+def _across_seeds(directory: Path, runs: dict[int, Path]) -> dict:
+    """``summary.json`` and ``curves.json`` of runs that differ only in their seed: per method and metric the mean
+    of the seeds' means with its 95% CI over seeds (the paper's), and the per-seed means; the curves likewise."""
+    summaries = {seed: json.loads((d / "summary.json").read_text()) for seed, d in runs.items()}
+    curves = {seed: json.loads((d / "curves.json").read_text()) for seed, d in runs.items()}
+    first = next(iter(summaries.values()))
+    summary, stats = {}, {}
+    for method, row in first.items():
+        summary[method] = {}
+        for metric in row:
+            values = np.asarray([summaries[seed][method][metric]["mean"] for seed in runs])
+            mean, half = metrics.mean_ci95(values)
+            summary[method][metric] = {"mean": float(mean), "ci95": float(half), "per_seed": values.tolist()}
+        stats[method] = {}
+        for metric in next(iter(curves.values()))[method]:
+            x = np.asarray([curves[seed][method][metric]["mean"] for seed in runs])
+            mean, half = metrics.mean_ci95(x)
+            stats[method][metric] = {"mean": np.asarray(mean).tolist(), "ci95": np.asarray(half).tolist()}
+    write_summary(directory, summary, stats)
+    return summary
+
+
 def train_from_config(path, overrides) -> dict:
     cfg = load_experiment(path, overrides)
+    if cfg.run.seeds:  # one run per seed in its own directory, then the summary over seeds
+        runs = {}
+        for seed in cfg.run.seeds:
+            train_from_config(path, [*overrides, "run.seeds=[]", f"run.seed={seed}", f"run.name=seed_{seed}",
+                                     f"run.output_dir={cfg.run.directory}"])
+            runs[seed] = cfg.run.directory / f"seed_{seed}"
+        summary = _across_seeds(cfg.run.directory, runs)
+        print_table(summary)
+        print(f"run directory: {cfg.run.directory} (summary.json over seeds {list(cfg.run.seeds)}, seed_S/)")
+        return summary
     exp = build(cfg)
     directory = cfg.run.directory
     if set(TRAINERS[cfg.trainer]) <= set(TASK_METHODS):
@@ -107,9 +141,9 @@ def eval_from_config(path, overrides) -> dict:
         return result
     curves = {**_baselines(exp, evaluator), "policy" + cfg.eval.mechanisms: evaluator.model(policy.params)}
     if is_step_directory(checkpoint):
-        report = checkpoint.parent.parent / f"eval_{checkpoint.name}"
+        report = checkpoint.parent.parent / f"eval_{checkpoint.name}{cfg.eval.mechanisms}"
     else:
-        report = checkpoint.parent / "eval"
+        report = checkpoint.parent / f"eval{cfg.eval.mechanisms}"
     summary = write_report(report, curves)
     print_table(summary)
     print(f"report: {report} (summary.json, regret.png, coverage.png)")

@@ -105,13 +105,17 @@ def write_report(directory: Path, curves_by_method: dict[str, dict[str, np.ndarr
     """``summary.json`` (final values, mean and ci95 per method), ``curves.json`` (the per-step curves' mean and
     ci95, for ``jaxagent report``) and PNG plots of the curves, written by the main process."""
     summary = {name: summarise(curves) for name, curves in curves_by_method.items()}
+    write_summary(directory, summary, curve_stats(curves_by_method))
+    return summary
+
+
+def write_summary(directory: Path, summary: dict, stats: dict) -> None:
+    """``summary.json``, ``curves.json`` and the curves' plots, by the main process."""
     if is_main_process():
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        stats = curve_stats(curves_by_method)
         (directory / "curves.json").write_text(json.dumps(stats) + "\n")
         _plot(directory, stats)
-    return summary
 
 
 CURVE_LABELS = {"regret": "cumulative regret", "coverage": "action coverage", "greedy": "greedy-action rate",
