@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from envs_jax.yaml_config import ConfigError
+from jaxagent import plots
 from jaxagent.trainers.evaluate import plot_curves
 
 TRAINING_TAGS = ("loss", "env_reward", "train_reward", "invalid_rate", "generated_length", "regret", "coverage",
@@ -90,32 +91,23 @@ def _table(rows: dict[str, dict], columns: tuple[str, ...]) -> str:
 
 
 def _training_plot(runs: list[Run], path: Path) -> bool:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     tags = sorted({t for run in runs for t in run.scalars
                    if t.split("/", 1)[-1] in TRAINING_TAGS or t.split("/", 1)[-1].startswith("loss/")})
     if not tags:
         return False
     columns = 3
     rows = -(-len(tags) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 2.8 * rows), squeeze=False)
+    fig, axes = plots.figure(rows, columns, size=(4 * columns, 2.8 * rows), squeeze=False)
     for ax, tag in zip(axes.flat, tags):
         for run in runs:
             if tag in run.scalars:
                 ax.plot(*run.scalars[tag], label=run.name)
         ax.set_title(tag, fontsize=9)
         ax.set_xlabel("update", fontsize=8)
-        ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(tags):]:
         ax.axis("off")
-    if len(runs) > 1:
-        axes.flat[0].legend(frameon=False, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save(fig, path, list(axes.flat)[: len(tags)], legend={"fontsize": 7} if len(runs) > 1 else None,
+               dpi=100)
     return True
 
 

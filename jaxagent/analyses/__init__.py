@@ -9,6 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jaxagent import plots
 from jaxagent.analyses import frequency_bias, knowing_doing
 from jaxagent.runlog import is_main_process
 
@@ -28,18 +29,8 @@ def run(name: str, exp, params, evaluator, directory: Path) -> dict:
     return result
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _plot_frequency_bias(result: dict, path: Path) -> None:
-    plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig, (left, right) = plots.figure(1, 2, size=(9, 3.6))
     buckets = [b for b, row in result["buckets"].items() if "entropy" in row]
     bottom = np.zeros(len(buckets))
     for name in frequency_bias.FRACTIONS:
@@ -49,7 +40,6 @@ def _plot_frequency_bias(result: dict, path: Path) -> None:
     left.set_xlabel("repetitions of the frequent action")
     left.set_ylabel("share of the policy's actions")
     left.set_ylim(0, 1.2)
-    left.legend(frameon=False, fontsize=8, ncol=3, loc="upper center")
     reps = [r for r, row in result["by_repetition"].items() if "entropy" in row]
     mean = np.asarray([result["by_repetition"][r]["entropy"]["mean"] for r in reps])
     half = np.asarray([result["by_repetition"][r]["entropy"]["ci95"] for r in reps])
@@ -59,16 +49,11 @@ def _plot_frequency_bias(result: dict, path: Path) -> None:
     right.set_xlabel("repetitions")
     right.set_ylabel("action entropy (nats)")
     right.set_title(f"corr = {result['entropy_repetition_correlation']:.2f} ({result['method']})", fontsize=9)
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plots.save(fig, path, [left, right], legend={"fontsize": 8, "ncol": 3, "loc": "upper center"})
 
 
 def _plot_knowing_doing(result: dict, path: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = plots.figure(size=(5.5, 3.6))
     columns = ("greedy", "optimal", "other")
     width = 0.27
     for i, row in enumerate(knowing_doing.ROWS):
@@ -78,8 +63,4 @@ def _plot_knowing_doing(result: dict, path: Path) -> None:
     ax.set_xticks(np.arange(3), [f"doing {c}" for c in columns])
     ax.set_ylabel("share of all steps")
     ax.set_title(f"parse rate {result['parse_rate']:.2f}", fontsize=9)
-    ax.legend(frameon=False, fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plots.save(fig, path, [ax], legend={"fontsize": 8})

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxagent import metrics
+from jaxagent import metrics, plots
 from jaxagent.trainers import eef, rft
 from jaxagent.trainers.eef import restart_plan
 from jaxagent.trainers.expert_tasks import write_json
@@ -101,22 +101,13 @@ def _write_csv(path: Path, results: dict) -> None:
 
 
 def _plot(path: Path, results: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = plots.figure()
     for name, r in results.items():
         points = r["per_iteration"]
         ax.plot([p["episodes"] for p in points], [p["success"] for p in points], marker="o", label=name)
     ax.set_xlabel("policy episodes simulated (mean over seeds)")
     ax.set_ylabel("held-out success rate")
-    ax.legend(frameon=False)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plots.save(fig, path, [ax], legend={})
 
 
 def print_results(results: dict, diagnostics: dict) -> None:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxagent import metrics
+from jaxagent import metrics, plots
 from jaxagent.runlog import is_main_process
 
 
@@ -124,12 +124,7 @@ CURVE_LABELS = {"regret": "cumulative regret", "coverage": "action coverage", "g
 
 def plot_curves(stats_by_method: dict, metric: str, path: Path) -> None:
     """One metric's mean curve with its 95% band per method (``stats_by_method`` as :func:`curve_stats` gives)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = plots.figure()
     for name, stats in stats_by_method.items():
         mean, half = np.asarray(stats[metric]["mean"]), np.asarray(stats[metric]["ci95"])
         steps = np.arange(1, mean.shape[0] + 1)
@@ -137,11 +132,7 @@ def plot_curves(stats_by_method: dict, metric: str, path: Path) -> None:
         ax.fill_between(steps, mean - half, mean + half, alpha=0.2)
     ax.set_xlabel("step")
     ax.set_ylabel(CURVE_LABELS[metric])
-    ax.legend(frameon=False)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plots.save(fig, path, [ax], legend={})
 
 
 def _plot(directory: Path, stats: dict) -> None:
