@@ -20,6 +20,7 @@ import numpy as np
 
 from envs_jax.yaml_config import ConfigError
 from jaxagent import plots
+from jaxagent.analyses import frequency_bias
 from jaxagent.trainers.evaluate import plot_curves
 
 TRAINING_TAGS = ("loss", "env_reward", "train_reward", "invalid_rate", "generated_length", "regret", "coverage",
@@ -111,6 +112,32 @@ def _training_plot(runs: list[Run], path: Path) -> bool:
     return True
 
 
+def _frequency_bias_by_run(runs: list[Run], path: Path) -> bool:
+    """Side by side, each run's frequent / greedy / other shares per repetition bucket (stacked bars)."""
+    results = [(run.name, run.analyses["frequency_bias"][0]) for run in runs if "frequency_bias" in run.analyses]
+    if len(results) < 2:
+        return False
+    fig, ax = plots.figure(size=(2.2 + 1.6 * len(results), 3.6))
+    width = 0.8 / len(results)
+    colours = {"frequent": "tab:blue", "greedy": "tab:orange", "other": "tab:green"}
+    for i, (name, result) in enumerate(results):
+        buckets = list(result["buckets"])
+        x = np.arange(len(buckets)) + (i - (len(results) - 1) / 2) * width
+        bottom = np.zeros(len(buckets))
+        for part in frequency_bias.FRACTIONS:
+            heights = np.asarray([result["buckets"][b].get(part, {"mean": 0.0})["mean"] for b in buckets])
+            ax.bar(x, heights, width * 0.95, bottom=bottom, color=colours[part], label=part if i == 0 else None)
+            bottom += heights
+        for xi in x:
+            ax.text(xi, 1.02, name, rotation=90, ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(np.arange(len(buckets)), [f"{b} repetitions" for b in buckets])
+    ax.set_ylabel("share of the policy's actions")
+    ax.set_ylim(0, 1.8)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    plots.save(fig, path, [ax], legend={"fontsize": 8, "ncol": 3, "loc": "upper center"})
+    return True
+
+
 def _compared_curves(runs: list[Run]) -> dict:
     """The first run's methods and baselines; the other runs' own methods, named ``run/method``."""
     baselines = set(runs[0].curves)
@@ -139,6 +166,8 @@ def build(directories: list[Path], out: Path) -> Path:
             figures.append(_image(path))
     if figures:
         sections.append("<h2>Curves on the held-out instances (mean, 95% CI)</h2>" + "".join(figures))
+    if _frequency_bias_by_run(runs, out / "frequency_bias_by_run.png"):
+        sections.append("<h2>Frequency bias by run</h2>" + _image(out / "frequency_bias_by_run.png"))
     for run in runs:
         for name, (result, png) in run.analyses.items():
             sections.append(f"<h2>{html.escape(run.name)}: {html.escape(name.replace('_', ' '))}</h2>")
