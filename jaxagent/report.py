@@ -100,15 +100,18 @@ def _training_plot(runs: list[Run], path: Path) -> bool:
     rows = -(-len(tags) // columns)
     fig, axes = plots.figure(rows, columns, size=(4 * columns, 2.8 * rows), squeeze=False)
     for ax, tag in zip(axes.flat, tags):
-        for run in runs:
+        for i, run in enumerate(runs):
             if tag in run.scalars:
-                ax.plot(*run.scalars[tag], label=run.name)
+                steps, values = run.scalars[tag]
+                ax.plot(steps, values, color=f"C{i}", label=run.name, marker="o" if len(steps) < 12 else None)
         ax.set_title(tag, fontsize=9)
         ax.set_xlabel("update", fontsize=8)
     for ax in list(axes.flat)[len(tags):]:
         ax.axis("off")
-    plots.save(fig, path, list(axes.flat)[: len(tags)], legend={"fontsize": 7} if len(runs) > 1 else None,
-               dpi=100)
+    if len(runs) > 1:
+        named = {label: handle for ax in axes.flat for handle, label in zip(*ax.get_legend_handles_labels())}
+        fig.legend(list(named.values()), list(named), loc="lower right", frameon=False, fontsize=8)
+    plots.save(fig, path, list(axes.flat)[: len(tags)], dpi=100)
     return True
 
 

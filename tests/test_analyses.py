@@ -147,7 +147,7 @@ def test_both_analyses_run_from_the_command_line_on_the_shipped_base(tmp_path):
     """The shipped greedy base never writes UCB values (parse rate 0) and, sampled, answers every context."""
     from jaxagent.trainers import eval_from_config
     root = Path(__file__).parents[1]
-    args = [f"checkpoint={root / 'jaxagent' / 'assets' / 'nano-greedy-base'}", f"run.output_dir={tmp_path}",
+    args = ["checkpoint=shipped:nano-greedy-base", f"run.output_dir={tmp_path}",
             "run.name=a", "env.options={num_arms: 5, sigma: 0.1, mean_std: 1.0, horizon: 6}",
             "analysis.histories=2", "analysis.repetitions=[0, 12]", "analysis.prefix_steps=[2, 4]",
             "analysis.samples=2", "analysis.batch=4", "eval.num_episodes=4", "rollout.history_segments=1"]

@@ -37,7 +37,8 @@ def test_the_no_chain_of_thought_paper_config_trains_at_its_budget_of_16_tokens_
         "model.checkpoint=shipped:nano-greedy-base", "model.tokenizer=shipped", "model.dtype=float32",
         "env.options={num_arms: 10, sigma: 1.0, horizon: 4}", "env.pool_size=8", "rollout.envs_per_rollout=2",
         "rollout.history_segments=1", "rl.batch_size=8", "rl.num_updates=2", "optim.name=adamw", "optim.warmup_steps=1",
-        "eval.num_episodes=4", "run.checkpoint_every=2", "run.log_every=1", f"run.output_dir={tmp_path}"])
+        "eval.num_episodes=4", "run.checkpoint_every=2", "run.log_every=1", "run.seeds=[]",
+        f"run.output_dir={tmp_path}"])
     assert set(summary) == {"random", "ucb", "greedy_expert", "initial", "rlft"}
     from jaxagent import cli, report
     run = tmp_path / "mab_button_10arms_2b_no_cot"
@@ -60,6 +61,7 @@ def test_the_contextual_paper_config_trains_with_a_history_window_one_context_at
         "env.options={num_arms: 5, horizon: 4, num_users: 8, synthetic_users: 40}", "env.pool_size=8",
         "prompt.history_window=2", "rollout.envs_per_rollout=2", "rollout.max_new_tokens=16",
         "rollout.history_segments=1", "rl.batch_size=4", "rl.num_updates=2", "optim.name=adamw",
-        "optim.warmup_steps=1", "eval.num_episodes=4", "run.checkpoint_every=2", f"run.output_dir={tmp_path}"])
+        "optim.warmup_steps=1", "eval.num_episodes=4", "run.checkpoint_every=2", "run.seeds=[]",
+        f"run.output_dir={tmp_path}"])
     assert set(summary) == {"random", "ucb", "greedy_expert", "linucb", "initial", "rlft"}
     assert summary["linucb"]["regret"]["mean"] <= summary["random"]["regret"]["mean"]

@@ -18,7 +18,7 @@ from jaxagent.runlog import RunLog
 from jaxagent.text.tokenizer import save_hf_tokenizer
 from jaxagent.trainers import compare, rlft, sft
 from jaxagent.trainers.evaluate import Evaluator, print_table, summarise, write_report, write_summary
-from jaxagent.trainers.setup import build, tokenizer_for
+from jaxagent.trainers.setup import SHIPPED, build, checkpoint_path, tokenizer_for
 
 # phase name -> train(exp, params, directory, log, evaluate) -> tuned params
 PHASES = {"sft": sft.train, "rlft": rlft.train}
@@ -104,6 +104,8 @@ def _pop(overrides, key: str, required: bool = True):
 
 def _checkpoint_arg(overrides) -> tuple[Path, list]:
     checkpoint, overrides = _pop(overrides, "checkpoint")
+    if checkpoint.startswith(SHIPPED):
+        return checkpoint_path(checkpoint, "checkpoint"), overrides
     if not Path(checkpoint).exists():
         raise ConfigError(f"checkpoint directory not found: {checkpoint}")
     return Path(checkpoint), overrides
