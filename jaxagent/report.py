@@ -70,6 +70,12 @@ class Run:
     def game(self) -> bool:
         return any("win" in row for row in self.summary.values())
 
+    def trained(self, method: str) -> bool:
+        """A method of this run's own (a phase with its directory, the initial or an evaluated policy), not a
+        reference player."""
+        name = method.split("+")[0]
+        return name in ("initial", "policy") or (self.directory / name).is_dir()
+
     def seconds_per_update(self) -> dict[str, float]:
         """Median seconds per logged update of each phase (from ``<phase>/time/iteration_s``)."""
         return {tag.split("/")[0]: float(np.median(values)) for tag, (_, values) in self.scalars.items()
@@ -142,11 +148,13 @@ def _frequency_bias_by_run(runs: list[Run], path: Path) -> bool:
 
 
 def _compared_curves(runs: list[Run]) -> dict:
-    """The first run's methods and baselines; the other runs' own methods, named ``run/method``."""
-    baselines = set(runs[0].curves)
-    out = dict(runs[0].curves) if len(runs) == 1 else {f"{runs[0].name}/{k}": v for k, v in runs[0].curves.items()}
+    """The first run's methods and reference players; the other runs' own methods (a training phase, the initial
+    or an evaluated policy), named ``run/method``."""
+    if len(runs) == 1:
+        return dict(runs[0].curves)
+    out = {f"{runs[0].name}/{k}": v for k, v in runs[0].curves.items()}
     for run in runs[1:]:
-        out.update({f"{run.name}/{k}": v for k, v in run.curves.items() if k not in baselines or k == "policy"})
+        out.update({f"{run.name}/{k}": v for k, v in run.curves.items() if run.trained(k)})
     return out
 
 
