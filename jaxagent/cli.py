@@ -5,6 +5,7 @@ import argparse
 import importlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -111,9 +112,13 @@ def main(argv: list[str] | None = None) -> None:
     from jaxagent.checkpoint import CheckpointNotFoundError
     from jaxagent.model.config import CheckpointError
     from jaxagent.train_step import NonFiniteError
+    from jaxagent.trainers.loop import Preempted
 
     try:
         args.func(args)
+    except Preempted as e:
+        print(f"jaxagent: {e}", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM) from None  # as a process the signal ended, but with its checkpoint
     except (ConfigError, EnvError, CheckpointError, CheckpointNotFoundError, NonFiniteError) as e:
         print(f"jaxagent: error: {e}", file=sys.stderr)
         # bad input: 2; a run stopped by a NaN / inf (its last good checkpoint kept): 1

@@ -92,6 +92,39 @@ def test_interrupted_rlft_resumes_to_the_same_parameters(tmp_path, monkeypatch):
     assert len(set(batches)) == 4  # two rollouts, two distinct batches each
 
 
+def test_sigterm_checkpoints_the_iteration_under_way_and_the_same_command_resumes_exactly(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """Preemption: SIGTERM during update 1 of 4 saves a checkpoint at update 1 (not one of the every-2 schedule)
+    and stops; the command line exits 143 with one line; started again, the run ends with the uninterrupted run's
+    parameters, bit for bit."""
+    import os
+    import signal
+    from jaxagent import cli
+    exp = build(load_experiment(None, TINY))
+    straight = _run_phase(exp, sft.train, tmp_path / "straight")
+    real_fit = loop.fit
+
+    def fit(*args, train_step, **kw):
+        def step(state, batch):
+            if int(state.step) == 0:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return train_step(state, batch)
+        return real_fit(*args, train_step=step, **kw)
+    monkeypatch.setattr(loop, "fit", fit)
+    monkeypatch.setattr(cli, "_cmd_run", lambda args: _run_phase(exp, sft.train, tmp_path / "killed"))
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["train", "unused.yaml"])
+    assert stopped.value.code == 143
+    message = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars
+    assert message.startswith("jaxagent: stopped by SIGTERM after update 1 of sft") and "resumes" in message
+    monkeypatch.undo()
+    checkpoints = tmp_path / "killed" / "phase" / "checkpoints"
+    assert sorted(int(d.name) for d in checkpoints.iterdir() if d.name.isdigit()) == [1]
+    resumed = _run_phase(exp, sft.train, tmp_path / "killed")
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 @pytest.mark.parametrize("override, fragment", [
     ("model.checkpoint=/nonexistent/gemma", "model.checkpoint"),
     ("model.checkpoint=shipped:no-such-model", "model.checkpoint"),

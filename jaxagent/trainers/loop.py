@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -19,6 +21,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from envs_jax.yaml_config import ConfigError
 from jaxagent.checkpoint import Checkpointer
@@ -129,10 +132,45 @@ def run_phase(exp, phase: Phase, params, directory: Path, key: jax.Array, log: R
     return state.params
 
 
+class Preempted(Exception):
+    """SIGTERM (what TPU and cloud preemption send) stopped the run after a checkpoint; the same command resumes."""
+
+
+class _Termination:
+    """Notes a SIGTERM for the fit loop to act on between iterations, where a checkpoint resumes exactly; all
+    processes of a multi-host run act on the same iteration (any one's signal counts for all)."""
+
+    def __enter__(self):
+        self.requested, self.previous = False, None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._note)
+        return self
+
+    def _note(self, signum, frame) -> None:
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+    def agreed(self) -> bool:
+        if jax.process_count() == 1:
+            return self.requested
+        return bool(np.any(multihost_utils.process_allgather(np.int32(self.requested))))
+
+
 def fit(name: str, state: TrainState, *, total_updates: int, key: jax.Array, make_data: Callable,
         train_step: Callable, log: RunLog, checkpointer: Checkpointer, checkpoint_every: int, log_every: int,
         on_eval: Callable | None = None, eval_every: int | None = None) -> TrainState:
-    """Run until ``state.step == total_updates``. ``make_data(key, params) -> (mini-batches, scalars)``."""
+    """Run until ``state.step == total_updates``. ``make_data(key, params) -> (mini-batches, scalars)``. A SIGTERM
+    saves a checkpoint after the iteration under way and raises :class:`Preempted`."""
+    with _Termination() as termination:
+        return _fit(name, state, total_updates, key, make_data, train_step, log, checkpointer, checkpoint_every,
+                    log_every, on_eval, eval_every, termination)
+
+
+def _fit(name, state, total_updates, key, make_data, train_step, log, checkpointer, checkpoint_every, log_every,
+         on_eval, eval_every, termination) -> TrainState:
     bar = progress(total_updates, name, initial=int(state.step))
     last_checkpoint = last_eval = int(state.step)
     while int(state.step) < total_updates:
@@ -153,9 +191,15 @@ def fit(name: str, state: TrainState, *, total_updates: int, key: jax.Array, mak
         if on_eval is not None and eval_every and (step - last_eval >= eval_every or step >= total_updates):
             log.scalars(step, on_eval(state.params), prefix=f"{name}/eval/")
             last_eval = step
-        if step - last_checkpoint >= checkpoint_every or step >= total_updates:
+        stop = step < total_updates and termination.agreed()
+        if step - last_checkpoint >= checkpoint_every or step >= total_updates or stop:
             checkpointer.save(state, key, {"updates": step})
             last_checkpoint = step
+        if stop:
+            bar.close()
+            checkpointer.wait()
+            raise Preempted(f"stopped by SIGTERM after update {step} of {name}, checkpoint saved in "
+                            f"{checkpointer.directory}; the same command resumes the run")
     bar.close()
     checkpointer.wait()
     return state
