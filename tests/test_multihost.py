@@ -3,6 +3,7 @@ the command line as one run: both exit 0, one run directory holds one set of che
 that of one process on two CPU devices."""
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -82,3 +83,37 @@ def test_two_processes_train_as_one_run_on_two_devices(tmp_path):
         for metric in want[method]:
             np.testing.assert_allclose(got[method][metric]["mean"], want[method][metric]["mean"], atol=1e-4,
                                        err_msg=f"{method} {metric}")
+
+
+def test_a_checkpoint_restores_onto_another_mesh_and_device_count(tmp_path):
+    """Trained on 4 devices (data 2 x fsdp 2) and stopped after the checkpoint of update 2, the same run resumes on
+    2 devices (fsdp 2) and ends where the 4-device run ended (float32 rounding of reductions in another order);
+    its last checkpoint evaluates on 1 device."""
+    settings = ["trainer=sft", "model.checkpoint=shipped:nano-greedy-base", "model.tokenizer=shipped",
+                "env.options={num_arms: 3, horizon: 3}", "env.pool_size=8", "rollout.max_new_tokens=24",
+                "rollout.history_segments=1", "sft.expert=ucb", "sft.rationale_stats=false", "sft.batch_size=12",
+                "sft.num_updates=4", "optim.name=adamw", "optim.learning_rate=0.01", "optim.warmup_steps=1",
+                "run.checkpoint_every=2", "eval.num_episodes=4", f"run.output_dir={tmp_path}"]
+    config = tmp_path / "tiny.yaml"
+    config.write_text("trainer: sft\n")
+
+    def cli(devices, *args):
+        proc = subprocess.run([sys.executable, "-m", "jaxagent.cli", *args], env=_env(devices), cwd=ROOT,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stderr
+
+    train = ["train", str(config), *settings]
+    cli(4, *train, "model.mesh=[2,2,1]", "run.name=four")
+    shutil.copytree(tmp_path / "four", tmp_path / "moved")
+    shutil.rmtree(tmp_path / "moved" / "sft" / "checkpoints" / "4")
+    shutil.rmtree(tmp_path / "moved" / "policy")
+    progress = cli(2, *train, "model.mesh=[1,2,1]", "run.name=moved")
+    assert "2/4" in progress and "0/4" not in progress  # resumed at update 2
+    assert len(json.loads((tmp_path / "moved" / "run.json").read_text())["starts"]) == 2
+    from jaxagent.model import load_policy
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-4),
+                 load_policy(tmp_path / "moved" / "policy").params, load_policy(tmp_path / "four" / "policy").params)
+    cli(1, "eval", str(config), *settings, "model.mesh=[1,1,1]",
+        f"checkpoint={tmp_path / 'moved' / 'sft' / 'checkpoints' / '4'}")
+    assert json.loads((tmp_path / "moved" / "sft" / "eval_4" / "summary.json").read_text())["policy"]
