@@ -8,6 +8,7 @@ Parameters are a separate item, so evaluation and export can restore them alone.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -15,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from jaxagent.model.config import CheckpointError
 from jaxagent.train_step import NonFiniteError, TrainState
@@ -102,8 +104,33 @@ class Checkpointer:
         return step
 
     def restore(self, like: TrainState, step: int | None = None) -> Restored:
-        """The full training state at ``step`` (default: the latest), laid out like ``like``."""
-        step = self._resolve(step)
+        """The full training state at ``step``, laid out like ``like``; by default the latest readable one: a
+        checkpoint that cannot be read (truncated or damaged on disk) is reported in one line, set aside as
+        ``<step>.unreadable`` (kept, not deleted) and the one before it is used."""
+        if step is not None:
+            return self._restore(like, self._resolve(step))
+        self._resolve(None)  # waits for pending saves; none at all is an error
+        steps = sorted(self.all_steps(), reverse=True)
+        for newer, older in zip(steps, steps[1:] + [None]):
+            try:
+                return self._restore(like, newer)
+            except Exception as e:  # whatever the storage layer raises for a damaged file
+                if older is None:
+                    raise CheckpointError(f"{self.directory}: no readable checkpoint; the last one, update "
+                                          f"{newer}, fails with {type(e).__name__}: {str(e).splitlines()[0]}") from e
+                print(f"jaxagent: checkpoint of update {newer} in {self.directory} is unreadable "
+                      f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); set aside as {newer}.unreadable, "
+                      f"resuming from update {older}", file=sys.stderr)
+                self._set_aside(newer)
+
+    def _set_aside(self, step: int) -> None:
+        if jax.process_index() == 0:
+            (self.directory / str(step)).rename(self.directory / f"{step}.unreadable")
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"checkpoint {step} set aside")
+        self._manager.reload()
+
+    def _restore(self, like: TrainState, step: int) -> Restored:
         meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         out = self._manager.restore(step, args=ocp.args.Composite(
             params=ocp.args.StandardRestore(_abstract(like.params)),

@@ -403,3 +403,20 @@ def test_a_run_over_seeds_reports_the_mean_and_ci_over_the_seeds(tmp_path):
         assert row["ci95"] == pytest.approx(12.706 * np.std(values, ddof=1) / np.sqrt(2), rel=1e-3)
     assert json.loads((tmp_path / "seeds" / "summary.json").read_text()) == summary
     assert (tmp_path / "seeds" / "regret.png").is_file()
+
+
+def test_a_damaged_checkpoint_is_reported_set_aside_and_the_one_before_used(tmp_path, capsys):
+    """Update 4's parameter files truncated on disk: resuming reports it in one line, keeps it as 4.unreadable,
+    restarts from update 2 and ends with the undamaged run's parameters, bit for bit."""
+    exp = build(load_experiment(None, TINY))  # 4 updates, checkpoints every 2
+    straight = _run_phase(exp, sft.train, tmp_path / "straight")
+    shutil.copytree(tmp_path / "straight", tmp_path / "damaged")
+    checkpoints = tmp_path / "damaged" / "phase" / "checkpoints"
+    for path in (checkpoints / "4" / "params").rglob("d/*"):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    resumed = _run_phase(exp, sft.train, tmp_path / "damaged")
+    message = [line for line in capsys.readouterr().err.splitlines() if "unreadable" in line]
+    assert len(message) == 1 and "checkpoint of update 4" in message[0] and "resuming from update 2" in message[0]
+    assert (checkpoints / "4.unreadable").is_dir() and (checkpoints / "4").is_dir()  # kept; 4 written again
+    for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
