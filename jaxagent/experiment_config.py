@@ -62,7 +62,9 @@ class ModelConfig:
     checkpoint: str | None = None          # local HF safetensors or Orbax directory; None = random init
     tokenizer: str | None = None           # a tokenizer directory, or "shipped"; None = the checkpoint's own
                                            # (the shipped one without a checkpoint)
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["float32", "bfloat16"] = "float32"  # the dtype the model computes in
+    master_dtype: Literal["float32", "bfloat16"] = "float32"  # the trained parameters' and optimizer state's: bf16
+                                           # compute keeps float32 master weights, so late small updates count
     value_head: bool = False               # state-value head on the last hidden state (GAE)
     mesh: tuple[int, int, int] = (-1, 1, 1)  # (data, fsdp, tensor) sizes; -1 = the remaining devices
     kernels: Literal["auto", "cpu", "plain"] = "auto"  # decode kernels: auto = the CPU ones on CPU, plain elsewhere

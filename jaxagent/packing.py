@@ -103,6 +103,7 @@ def score_packed(params, cfg: GemmaConfig, packed: PackedEpisodes, *, temperatur
     """Log-probs ``[B, T, G]`` of every generated token (meaningful up to each step's length) and, with
     ``with_values``, the value head at each step's last prompt token ``[B, T]``."""
     B, T, W = packed.private_tokens.shape
+    params = cfg.compute_params(params)
     _, k, v = transformer(params, cfg, packed.shared_tokens, packed.shared_positions, self_mask=packed.shared_mask)
     # Each episode row's shared keys/values serve its T step rows as they are, without a per-step copy.
     block = as_block(cfg, k, v, packed.shared_positions, packed.visible.reshape(B * T, -1))

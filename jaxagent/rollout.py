@@ -231,6 +231,7 @@ class AgentLoop:
         ``env_keys`` as in ``_play``."""
         r, cfg = self.renderer, self.model_cfg
         B = jax.tree.leaves(env_params)[0].shape[0]
+        model_params = cfg.compute_params(model_params)
         if self.unroll_layers:
             model_params = sampler.unrolled(model_params)
         prefix_tokens, prefix_len = r.prefix

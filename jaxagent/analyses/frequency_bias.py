@@ -135,6 +135,7 @@ def scored_probabilities(exp, params, prompts, lengths, chunk: int) -> np.ndarra
 def sampled_probabilities(exp, params, prompts, lengths, key, samples: int, chunk: int):
     """(π [N, K] over the valid answers, the invalid fraction [N]) from ``samples`` answers per prompt."""
     loop, arms, cfg = exp.eval_loop, len(exp.labels), exp.model_cfg
+    params = cfg.compute_params(params)
 
     @jax.jit
     def answers(p, n, k):  # each prompt prefilled once, its cache repeated for the samples

@@ -4,6 +4,9 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import jax
+import jax.numpy as jnp
+
 
 KERNELS = ("auto", "cpu", "plain")
 
@@ -35,9 +38,11 @@ class GemmaConfig:
     pad_id: int = 0
     eos_id: int = 1
     bos_id: int = 2
-    # Not the architecture: how this process runs it ("auto", "cpu" or "plain"; see jaxagent.model.cpu_kernels).
-    # Checkpoints do not store it.
+    # Not the architecture: how this process runs it ("auto", "cpu" or "plain"; see jaxagent.model.cpu_kernels),
+    # and the dtype it computes in where that differs from the parameters' (e.g. bfloat16 compute from float32
+    # master weights: see compute_params). Checkpoints store neither.
     kernels: str = "auto"
+    compute_dtype: str | None = None
 
     def __post_init__(self):
         if self.kernels not in KERNELS:
@@ -47,6 +52,15 @@ class GemmaConfig:
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"GemmaConfig: num_heads {self.num_heads} is not a multiple of "
                              f"num_kv_heads {self.num_kv_heads}")
+
+    def compute_params(self, params):
+        """``params`` with their floating arrays cast to ``compute_dtype`` (unchanged without one): applied where a
+        model call starts (a rollout, a scoring pass, a generation), outside its loops, so that gradients reach the
+        master weights in their own precision."""
+        if self.compute_dtype is None:
+            return params
+        dtype = jnp.dtype(self.compute_dtype)
+        return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
 
     @property
     def query_scale(self) -> float:

@@ -258,6 +258,7 @@ def score(params, cfg: GemmaConfig, tokens: jax.Array, *, temperature: float = 1
     Differentiable in ``params``. With ``with_values``, also the value head on every position's hidden state.
     """
     B, T = tokens.shape
+    params = cfg.compute_params(params)
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     h, _ = hidden_states(params, cfg, tokens, positions)
@@ -273,6 +274,7 @@ def score_continuations(params, cfg: GemmaConfig, prompts: jax.Array, prompt_len
     after each right-padded prompt. Each prompt is prefilled once; every continuation then attends to its keys and
     values (one pass over ``N * C`` short rows, not over ``N * C`` whole prompts)."""
     N, (C, M) = prompts.shape[0], continuations.shape
+    params = cfg.compute_params(params)
     _, last_logits, history = _prefill(params, cfg, prompts, prompt_lengths, prompts.shape[1])
     rows = jnp.tile(continuations, (N, 1))  # row n * C + c: prompt n, continuation c
     positions = jnp.repeat(prompt_lengths.astype(jnp.int32), C)[:, None] + jnp.arange(M, dtype=jnp.int32)
@@ -293,6 +295,7 @@ def generate(params, cfg: GemmaConfig, prompts: jax.Array, prompt_lengths: jax.A
     """One jitted call: fresh cache, prefill of right-padded ``prompts``, then ``sample``. With ``unroll_layers``
     the prompts are prefilled with the unrolled layers too, and ``params`` may come from :func:`unrolled` already
     (prepared once for many calls)."""
+    params = cfg.compute_params(params)
     if unroll_layers:
         params = unrolled(params)
     cache, logits, history = _prefill(params, cfg, prompts, prompt_lengths, max_len)

@@ -103,15 +103,17 @@ def _renderer(env, tokenizer, cfg: ExperimentConfig):
 def _model(cfg: ExperimentConfig, vocab_size: int, mesh: Mesh):
     m = cfg.model
     if m.checkpoint is not None:
-        policy = load_policy(checkpoint_path(m.checkpoint), m.dtype, mesh=mesh)
+        policy = load_policy(checkpoint_path(m.checkpoint), m.master_dtype, mesh=mesh)
         model_cfg, params = policy.cfg, policy.params
     else:
         try:
             model_cfg = GemmaConfig.preset(m.preset)
         except ValueError as e:
             raise ConfigError(f"config key 'model.preset': {e}") from None
-        params = init_params(model_cfg, jax.random.key(cfg.run.seed), DTYPES[m.dtype], value_head=m.value_head)
-    model_cfg = dataclasses.replace(model_cfg, kernels=m.kernels)
+        params = init_params(model_cfg, jax.random.key(cfg.run.seed), DTYPES[m.master_dtype],
+                             value_head=m.value_head)
+    model_cfg = dataclasses.replace(model_cfg, kernels=m.kernels,
+                                    compute_dtype=None if m.dtype == m.master_dtype else m.dtype)
     if model_cfg.vocab_size < vocab_size:
         raise ConfigError(f"config key 'model.tokenizer': the tokenizer has {vocab_size} tokens but the model's "
                           f"vocabulary only {model_cfg.vocab_size}")
