@@ -1,4 +1,4 @@
-"""The ``jaxagent`` command line: ``sweep``, ``bench``, ``train``, ``eval``, ``export``, ``report``."""
+"""The ``jaxagent`` command line: ``sweep``, ``bench``, ``train``, ``eval``, ``export``, ``plan``, ``report``."""
 from __future__ import annotations
 
 import argparse
@@ -66,6 +66,12 @@ def _cmd_report(args: argparse.Namespace) -> None:
     print(f"report: {report.build(directories, out)}")
 
 
+def _cmd_plan(args: argparse.Namespace) -> None:
+    from jaxagent import plan
+
+    plan.plan_from_config(args.config, args.overrides, args.devices)
+
+
 def _cmd_run(args: argparse.Namespace) -> None:
     from jaxagent import trainers
 
@@ -97,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("config")
         p.add_argument("overrides", nargs="*", help="key=value overrides")
         p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("plan", help="per-device memory of a run of CONFIG on a slice, before paying for it")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key=value overrides (e.g. model.mesh=[1,8,1])")
+    p.add_argument("--devices", type=int, help="devices of the slice (default: model.mesh's product, or this host's)")
+    p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("report", help="one HTML page (plus PNGs) for a run, or comparing runs")
     p.add_argument("runs", nargs="+", help="run directories (run.output_dir/run.name)")

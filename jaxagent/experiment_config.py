@@ -68,6 +68,8 @@ class ModelConfig:
     value_head: bool = False               # state-value head on the last hidden state (GAE)
     mesh: tuple[int, int, int] = (-1, 1, 1)  # (data, fsdp, tensor) sizes; -1 = the remaining devices
     kernels: Literal["auto", "cpu", "plain"] = "auto"  # decode kernels: auto = the CPU ones on CPU, plain elsewhere
+    remat: Literal["dots", "full"] = "dots"  # training keeps each layer pair's weight-matmul outputs (dots) or
+                                           # only its input (full: least activation memory, one more forward)
 
     def validate(self) -> None:
         sizes = self.mesh

@@ -25,8 +25,8 @@ def test_a_shipped_config_validates(path):
     cfg = load_experiment(path)
     env = envs_jax.make_env(cfg.env.name, **cfg.env.options)
     if cfg.model.checkpoint is not None and cfg.model.checkpoint.startswith("shipped:"):
-        from jaxagent.trainers.setup import _renderer, tokenizer_for
-        _renderer(env, tokenizer_for(cfg), cfg)  # the worst-case prompt fits the budget
+        from jaxagent.trainers.setup import renderer_for, tokenizer_for
+        renderer_for(env, tokenizer_for(cfg), cfg)  # the worst-case prompt fits the budget
 
 
 def test_the_no_chain_of_thought_paper_config_trains_at_its_budget_of_16_tokens_and_reports(tmp_path):

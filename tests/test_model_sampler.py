@@ -392,3 +392,13 @@ def test_score_continuations_equals_scoring_each_prompt_with_its_continuation(mo
             row = np.concatenate([prompts[n, :length], continuations[c, :m]])[None]
             want = np.asarray(score_jit(params, cfg, jnp.asarray(row)))[0, length:].sum()
             np.testing.assert_allclose(got[n, c], want, atol=2e-5, rtol=1e-5)
+
+
+def test_full_rematerialisation_gives_the_same_gradients(model):
+    import dataclasses
+    cfg, params = model
+    tokens = jnp.asarray(np.random.default_rng(3).integers(3, cfg.vocab_size, size=(2, 12)), jnp.int32)
+    grads = {remat: jax.jit(jax.grad(lambda p, c=dataclasses.replace(cfg, remat=remat): score(p, c, tokens).sum()))(
+        params) for remat in ("dots", "full")}
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6),
+                 grads["dots"], grads["full"])

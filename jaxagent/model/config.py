@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 
 KERNELS = ("auto", "cpu", "plain")
+REMAT = ("dots", "full")
 
 
 class CheckpointError(ValueError):
@@ -43,8 +44,12 @@ class GemmaConfig:
     # master weights: see compute_params). Checkpoints store neither.
     kernels: str = "auto"
     compute_dtype: str | None = None
+    remat: str = "dots"  # what training keeps of a layer pair for the backward pass: "dots" (the weight matmuls'
+                         # outputs; attention scores are recomputed) or "full" (only its input: least memory)
 
     def __post_init__(self):
+        if self.remat not in REMAT:
+            raise ValueError(f"GemmaConfig: remat must be one of {REMAT}, got {self.remat!r}")
         if self.kernels not in KERNELS:
             raise ValueError(f"GemmaConfig: kernels must be one of {KERNELS}, got {self.kernels!r}")
         if self.num_layers < 1:

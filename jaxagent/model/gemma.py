@@ -266,10 +266,11 @@ def transformer(params, cfg: GemmaConfig, tokens, positions, blocks=(), self_mas
             x, (new_k, new_v) = stacked(x, (new_k, new_v))
     else:
         # Under differentiation, keep only the weight matmuls' outputs: the [.., T, S] attention scores are cheaper
-        # to recompute in the backward pass than to store for every layer.
+        # to recompute in the backward pass than to store for every layer; remat="full" keeps only each pair's input.
+        policy = (jax.checkpoint_policies.dots_with_no_batch_dims_saveable if cfg.remat == "dots"
+                  else jax.checkpoint_policies.nothing_saveable)
         pair_step = jax.checkpoint(lambda x, xs: stacked(*run_layers(x, unstack_layers(xs[0]), xs[1])),
-                                   prevent_cse=False,
-                                   policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+                                   prevent_cse=False, policy=policy)
         # Layers run in (sliding, global) pairs; after them runs apart a layer left over (an odd count) or, for
         # ``last``, the final pair, whose second layer then runs for the ``last`` tokens only.
         L = cfg.num_layers

@@ -239,7 +239,7 @@ def save_orbax(params: dict, cfg: GemmaConfig, path: str | Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path / "params", params, force=True)
-    architecture = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("kernels", "compute_dtype")}
+    architecture = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("kernels", "compute_dtype", "remat")}
     if jax.process_index() == 0:  # every process writes its shards above; one writes the config
         (path / ORBAX_CONFIG).write_text(json.dumps(architecture, indent=2) + "\n")
 

@@ -90,7 +90,7 @@ def tokenizer_for(cfg: ExperimentConfig):
     return load_tokenizer(m.tokenizer or checkpoint_path(m.checkpoint))
 
 
-def _renderer(env, tokenizer, cfg: ExperimentConfig):
+def renderer_for(env, tokenizer, cfg: ExperimentConfig):
     p = cfg.prompt
     options = PromptOptions(labels=p.arm_labels, cot=p.chain_of_thought, summary=p.context_summary,
                             history_window=p.history_window, legal_actions=p.legal_actions,
@@ -112,7 +112,7 @@ def _model(cfg: ExperimentConfig, vocab_size: int, mesh: Mesh):
             raise ConfigError(f"config key 'model.preset': {e}") from None
         params = init_params(model_cfg, jax.random.key(cfg.run.seed), DTYPES[m.master_dtype],
                              value_head=m.value_head)
-    model_cfg = dataclasses.replace(model_cfg, kernels=m.kernels,
+    model_cfg = dataclasses.replace(model_cfg, kernels=m.kernels, remat=m.remat,
                                     compute_dtype=None if m.dtype == m.master_dtype else m.dtype)
     if model_cfg.vocab_size < vocab_size:
         raise ConfigError(f"config key 'model.tokenizer': the tokenizer has {vocab_size} tokens but the model's "
@@ -164,7 +164,7 @@ def build(cfg: ExperimentConfig) -> Experiment:
     except envs_jax.EnvError as e:
         raise ConfigError(f"config key 'env': {e}") from None
     tokenizer = tokenizer_for(cfg)
-    renderer = _renderer(env, tokenizer, cfg)
+    renderer = renderer_for(env, tokenizer, cfg)
     parser = make_parser(renderer)
     model_cfg, params = _model(cfg, tokenizer.vocab_size, mesh)
     r = cfg.rollout
