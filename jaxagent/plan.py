@@ -112,7 +112,7 @@ def plan(cfg, devices: int, cache_len: int, row: tuple[int, int], micro_batch_ro
              "rollout KV cache": (model_cfg.num_layers * 2 * rollout_rows * cache_len * kv_heads
                                   * model_cfg.head_dim * compute.itemsize),
              "training activations (estimate)": activations}
-    return {"devices": devices, "mesh": sizes, "model": f"{model_cfg.num_params / 1e9:.2f} B parameters",
+    return {"devices": devices, "mesh": sizes, "model": f"{model_cfg.num_params / 1e9:.2f} B params",
             "parts": parts, "total": sum(parts.values())}
 
 

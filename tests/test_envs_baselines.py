@@ -118,6 +118,41 @@ def test_linucb_matches_the_reference():
         _, s, *_ = step(jax.random.key(200 + t), s, a, params)
 
 
+@pytest.mark.parametrize("d", [1, 3, 10])
+def test_spd_solve_solves_positive_definite_systems_as_numpy_does(d):
+    rng = np.random.default_rng(d)
+    x = rng.normal(size=(64, 2 * d, d))
+    a = np.eye(d) + np.einsum("bhd,bhe->bde", x, x) * rng.uniform(0.01, 10.0, size=(64, 1, 1))
+    b = rng.normal(size=(64, d, 2))
+    got = np.asarray(jax.jit(baselines.spd_solve)(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)))
+    np.testing.assert_allclose(got, np.linalg.solve(a, b), rtol=2e-4, atol=2e-5)
+
+
+def test_linucb_episodes_of_many_instances_finish(tmp_path):
+    """192 LinUCB episodes in one program with their keys split: this hung with XLA:CPU's LAPACK solve (128 did
+    not); in a child process, so that a hang fails the test instead of stopping the suite."""
+    import subprocess
+    import sys
+    script = tmp_path / "many.py"
+    script.write_text("""
+import jax, envs_jax
+from envs_jax import baselines
+n = 192
+env = envs_jax.make_env("contextual-movielens", num_arms=20, horizon=50, num_users=100, synthetic_users=200)
+pool = jax.vmap(env.sample_params)(jax.random.split(jax.random.key(0), n))
+_, state = jax.vmap(env.reset)(jax.random.split(jax.random.key(1), n), pool)
+policy = baselines.make("linucb", env)
+def step(state, key):
+    action = jax.vmap(policy)(jax.random.split(key, n), state, pool)
+    _, state, reward, *_ = jax.vmap(env.step)(jax.random.split(key, n), state, action, pool)
+    return state, reward
+print(float(jax.jit(lambda s: jax.lax.scan(step, s, jax.random.split(jax.random.key(2), 20))[1].mean())(state)))
+""")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 def test_linucb_beats_random_on_the_contextual_bandit():
     env, _ = envs_jax.make("contextual-movielens", num_arms=10, num_users=100)
     pool = jax.vmap(env.sample_params)(jax.random.split(jax.random.key(0), 64))
