@@ -194,11 +194,18 @@ def run(cfg: SweepConfig, verbose: bool = True) -> dict:
         params = jax.tree.map(lambda *x: jnp.concatenate(x), *pool)
         keys = jnp.concatenate(keys)
         prepared.append((members, _group_runner(env, pols).lower(params, keys), params, keys))
+    if verbose:
+        print(f"compiling {len(prepared)} jitted calls ({len(cells)} cells)", flush=True)
     t0 = time.perf_counter()
     compiled = [item[1].compile() for item in prepared]   # XLA's CPU codegen already uses every core
     compile_s = time.perf_counter() - t0
-    for (members, _, params, keys), fn in zip(prepared, compiled):
+    for call, ((members, _, params, keys), fn) in enumerate(zip(prepared, compiled)):
+        tick = time.perf_counter()
         out = jax.device_get(fn(params, keys))
+        if verbose:
+            first = cells[members[0]]
+            print(f"[{call + 1}/{len(prepared)}] {first.name} {len(members)} cells x {len(first.policies)} policies "
+                  f"x {episodes} episodes: {time.perf_counter() - tick:.1f} s", flush=True)
         out = [{k: v.reshape((len(members), episodes) + v.shape[1:]) for k, v in m.items()} for m in out]
         for pi, metrics in enumerate(out):
             for j, ci in enumerate(members):
