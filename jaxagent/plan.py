@@ -21,7 +21,7 @@ from jax.sharding import AbstractMesh
 from envs_jax.yaml_config import ConfigError
 from jaxagent.model import GemmaConfig
 from jaxagent.model.gemma import init_params
-from jaxagent.model.policy import DTYPES
+from jaxagent.model.policy import DTYPES, read_policy_config
 from jaxagent.model.sharding import AXES, param_partition_specs
 from jaxagent.optim import make_optimizer
 
@@ -47,15 +47,9 @@ def _shard_bytes(leaf, spec, sizes: dict[str, int]) -> int:
 def _model_config(cfg) -> GemmaConfig:
     if cfg.model.checkpoint is None:
         return GemmaConfig.preset(cfg.model.preset)
-    import json
-
     from jaxagent.trainers.setup import checkpoint_path
 
-    path = checkpoint_path(cfg.model.checkpoint)
-    config = path / "config.json"
-    if not config.is_file():
-        raise ConfigError(f"config key 'model.checkpoint': {path} has no config.json to plan from")
-    return GemmaConfig.from_hf_config(json.loads(config.read_text()))
+    return read_policy_config(checkpoint_path(cfg.model.checkpoint))
 
 
 def row_shape(cfg, renderer, num_steps: int) -> tuple[int, int]:

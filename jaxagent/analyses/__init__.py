@@ -9,6 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from envs_jax.yaml_config import ConfigError
 from jaxagent import plots
 from jaxagent.analyses import frequency_bias, knowing_doing
 from jaxagent.runlog import is_main_process
@@ -17,6 +18,9 @@ ANALYSES = ("frequency-bias", "knowing-doing")
 
 
 def run(name: str, exp, params, evaluator, directory: Path) -> dict:
+    if exp.env.kind != "bandit":
+        raise ConfigError(f"config key 'env.name': the {name} analysis needs a multi-armed bandit, "
+                          f"got {exp.cfg.env.name!r}")
     if name == "frequency-bias":
         result = frequency_bias.run(exp, params, jax.random.key(exp.cfg.analysis.seed), exp.cfg.analysis)
     else:

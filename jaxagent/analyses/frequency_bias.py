@@ -181,9 +181,6 @@ def summarise(contexts: Contexts, probs: np.ndarray, answered: np.ndarray) -> di
 
 def run(exp, params, key, settings) -> dict:
     """The analysis of ``params`` under the experiment's env and prompt (``settings``: the config's ``analysis``)."""
-    if exp.env.kind != "bandit":
-        raise ConfigError(f"config key 'env.name': the frequency-bias analysis needs a multi-armed bandit, "
-                          f"got {exp.cfg.env.name!r}")
     longest = settings.prefix_steps[1] + max(settings.repetitions)
     env = envs_jax.make_env(exp.cfg.env.name, **{**exp.cfg.env.options, "horizon": longest})
     renderer = make_renderer(env, exp.tokenizer, exp.renderer.options, params=env.default_params)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from envs_jax.yaml_config import ConfigError
 from jaxagent import metrics
 from jaxagent.text.parse import parse_ucb_values
 
@@ -54,9 +53,6 @@ def table(stated, counts, reward_sums, actions) -> dict:
 
 def run(exp, params, evaluator) -> dict:
     """The analysis of ``params`` on the evaluator's held-out instances."""
-    if exp.env.kind != "bandit":
-        raise ConfigError(f"config key 'env.name': the knowing-doing analysis needs a multi-armed bandit, "
-                          f"got {exp.cfg.env.name!r}")
     traj = evaluator.trajectory(params)
     stated = stated_values(exp.tokenizer, exp.labels, np.asarray(traj.tokens), np.asarray(traj.lengths))
     out = table(stated, traj.states.counts, traj.states.reward_sums, traj.actions)

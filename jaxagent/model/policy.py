@@ -64,20 +64,24 @@ class Policy:
         weights.save_orbax(self.params, self.cfg, path)
 
 
+def read_policy_config(path) -> GemmaConfig:
+    """The model config of an HF Gemma 2 directory or a jaxagent Orbax checkpoint, without reading weights."""
+    path = Path(path)
+    if (path / weights.ORBAX_CONFIG).is_file():
+        return GemmaConfig(**json.loads((path / weights.ORBAX_CONFIG).read_text()))
+    if (path / "config.json").is_file():
+        return weights.read_hf_config(path)
+    raise CheckpointError(f"{path}: neither a Hugging Face directory (config.json) "
+                          f"nor a jaxagent Orbax checkpoint ({weights.ORBAX_CONFIG})")
+
+
 def load_policy(path, dtype: str = "float32", mesh: jax.sharding.Mesh | None = None) -> Policy:
     """Load an HF Gemma 2 directory or a jaxagent Orbax checkpoint; with ``mesh``, params land sharded on it."""
     path = Path(path)
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not one of {sorted(DTYPES)}")
-    if (path / weights.ORBAX_CONFIG).is_file():
-        cfg = GemmaConfig(**json.loads((path / weights.ORBAX_CONFIG).read_text()))
-        loader = weights.load_orbax
-    elif (path / "config.json").is_file():
-        cfg = weights.read_hf_config(path)
-        loader = weights.load_hf
-    else:
-        raise CheckpointError(f"{path}: neither a Hugging Face directory (config.json) "
-                              f"nor a jaxagent Orbax checkpoint ({weights.ORBAX_CONFIG})")
+    cfg = read_policy_config(path)
+    loader = weights.load_orbax if (path / weights.ORBAX_CONFIG).is_file() else weights.load_hf
     shardings = None
     if mesh is not None:
         shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, np.float32),

@@ -165,44 +165,38 @@ def fit(name: str, state: TrainState, *, total_updates: int, key: jax.Array, mak
     """Run until ``state.step == total_updates``. ``make_data(key, params) -> (mini-batches, scalars)``. A SIGTERM
     saves a checkpoint after the iteration under way and raises :class:`Preempted`."""
     with _Termination() as termination:
-        return _fit(name, state, total_updates, key, make_data, train_step, log, checkpointer, checkpoint_every,
-                    log_every, on_eval, eval_every, termination)
-
-
-def _fit(name, state, total_updates, key, make_data, train_step, log, checkpointer, checkpoint_every, log_every,
-         on_eval, eval_every, termination) -> TrainState:
-    bar = progress(total_updates, name, initial=int(state.step))
-    last_checkpoint = last_eval = int(state.step)
-    while int(state.step) < total_updates:
-        start = time.perf_counter()
-        batches, scalars = make_data(jax.random.fold_in(key, int(state.step)), state.params)
-        data_seconds = time.perf_counter() - start
-        for batch in batches:
-            state, step_metrics = train_step(state, batch)
-        step = int(state.step)
-        raise_if_nonfinite(step_metrics, step)
-        elapsed = time.perf_counter() - start
-        scalars = {**{k: float(np.asarray(v)) for k, v in step_metrics.items()}, **scalars,
-                   "time/data_s": data_seconds, "time/iteration_s": elapsed}
-        if step % log_every < len(batches) or step >= total_updates:
-            log.scalars(step, scalars, prefix=f"{name}/")
-        bar.update(len(batches))
-        bar.set_postfix(loss=f"{scalars['loss']:.4f}")
-        if on_eval is not None and eval_every and (step - last_eval >= eval_every or step >= total_updates):
-            log.scalars(step, on_eval(state.params), prefix=f"{name}/eval/")
-            last_eval = step
-        stop = step < total_updates and termination.agreed()
-        if step - last_checkpoint >= checkpoint_every or step >= total_updates or stop:
-            checkpointer.save(state, key, {"updates": step})
-            last_checkpoint = step
-        if stop:
-            bar.close()
-            checkpointer.wait()
-            raise Preempted(f"stopped by SIGTERM after update {step} of {name}, checkpoint saved in "
-                            f"{checkpointer.directory}; the same command resumes the run")
-    bar.close()
-    checkpointer.wait()
-    return state
+        bar = progress(total_updates, name, initial=int(state.step))
+        last_checkpoint = last_eval = int(state.step)
+        while int(state.step) < total_updates:
+            start = time.perf_counter()
+            batches, scalars = make_data(jax.random.fold_in(key, int(state.step)), state.params)
+            data_seconds = time.perf_counter() - start
+            for batch in batches:
+                state, step_metrics = train_step(state, batch)
+            step = int(state.step)
+            raise_if_nonfinite(step_metrics, step)
+            elapsed = time.perf_counter() - start
+            scalars = {**{k: float(np.asarray(v)) for k, v in step_metrics.items()}, **scalars,
+                       "time/data_s": data_seconds, "time/iteration_s": elapsed}
+            if step % log_every < len(batches) or step >= total_updates:
+                log.scalars(step, scalars, prefix=f"{name}/")
+            bar.update(len(batches))
+            bar.set_postfix(loss=f"{scalars['loss']:.4f}")
+            if on_eval is not None and eval_every and (step - last_eval >= eval_every or step >= total_updates):
+                log.scalars(step, on_eval(state.params), prefix=f"{name}/eval/")
+                last_eval = step
+            stop = step < total_updates and termination.agreed()
+            if step - last_checkpoint >= checkpoint_every or step >= total_updates or stop:
+                checkpointer.save(state, key, {"updates": step})
+                last_checkpoint = step
+            if stop:
+                bar.close()
+                checkpointer.wait()
+                raise Preempted(f"stopped by SIGTERM after update {step} of {name}, checkpoint saved in "
+                                f"{checkpointer.directory}; the same command resumes the run")
+        bar.close()
+        checkpointer.wait()
+        return state
 
 
 def resume(checkpointer: Checkpointer, fresh: TrainState) -> TrainState:
