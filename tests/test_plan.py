@@ -22,9 +22,9 @@ def test_parameters_optimizer_state_and_cache_are_those_a_run_holds(capsys):
     parts = result["parts"]
     assert parts["parameters"] == nbytes(exp.init_params) == parts["gradients (float32)"]
     assert parts["optimizer state"] == nbytes(make_optimizer(exp.cfg.optim, 10).init(exp.init_params))
-    c = exp.model_cfg
-    assert parts["rollout KV cache"] == c.num_layers * 2 * 16 * exp.train_loop.cache_len * c.num_kv_heads * \
-        c.head_dim * 4
+    from jaxagent.model import init_cache
+    cache = init_cache(exp.model_cfg, exp.cfg.rollout.envs_per_rollout, exp.train_loop.cache_len)  # what a rollout makes
+    assert parts["rollout KV cache"] == cache.k.nbytes + cache.v.nbytes
     assert parts["compute copy of the parameters"] == 0
     assert "GiB per device" in capsys.readouterr().out
     full = plan.plan_from_config(QUICKSTART, ["model.mesh=[1,1,1]", "model.remat=full"], devices=1)
