@@ -3,7 +3,9 @@
 A sweep is a grid of env options x baselines x seeds x instances. Grid cells whose envs share one compiled
 step (same ``env.signature``: e.g. the same arm count, different noise levels) are stacked into one params
 pool, so each group is **one jitted call** that runs every policy over every cell, seed and instance. All
-policies see the same instances and env keys (common random numbers). Writes ``results.csv``,
+policies see the same instances and env keys (common random numbers). The episodes are split over every device of
+every process (``distributed: true`` joins a multi-host job first), so the same command runs on one CPU or a pod;
+process 0 gathers the results and writes ``results.csv``,
 ``results.json`` (with mean curves), ``regret.png`` / ``coverage.png`` (bandits) and ``outcomes.png``
 (tic-tac-toe) to ``out_dir/name``, and prints a table. Means come with 95% CI half-widths
 (1.96 * sd / sqrt(n) over the seeds x instances episodes).
@@ -22,7 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from envs_jax import baselines
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from envs_jax import baselines, processes
 from envs_jax.core import EnvError
 from envs_jax.registry import make_env
 from envs_jax.yaml_config import ConfigError, load
@@ -59,8 +64,13 @@ class SweepConfig:
     seed: int = 0
     out_dir: str = "runs/sweeps"
     plots: bool = True
+    distributed: bool = False              # multi-host: join the job's processes (as run.distributed in training)
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
 
     def validate(self) -> None:
+        processes.check_keys("", self.distributed, self.coordinator_address, self.num_processes, self.process_id)
         if not self.envs:
             raise ConfigError("config key 'envs': at least one environment is needed")
         if self.seeds < 1:
@@ -117,8 +127,8 @@ def _group_runner(env, policies):
         return jax.lax.scan(body, states, step_keys)
 
     @jax.jit
-    def run(params, keys):
-        final, steps = jax.vmap(episode)(keys, params)   # final: [N, P, ...]; steps: [N, H, P]
+    def run(params, key_data):
+        final, steps = jax.vmap(episode)(jax.random.wrap_key_data(key_data), params)   # final: [N, P, ...]; steps: [N, H, P]
         results = []
         for i in range(num_policies):
             st = jax.tree.map(lambda x, i=i: x[:, i], final)
@@ -168,8 +178,30 @@ def _stat(x: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(1.96 * sd / np.sqrt(x.size))
 
 
+def _over_devices(tree):
+    """The episodes (leading axis) of ``tree``, equal on every process, split over all devices of all processes;
+    padded with copies of the first episodes to a multiple of the device count."""
+    devices = jax.devices()
+    sharding = NamedSharding(Mesh(np.array(devices), ("episodes",)), PartitionSpec("episodes"))
+
+    def put(x):
+        x = np.asarray(x)
+        x = np.concatenate([x, x[: -len(x) % len(devices)]])
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    return jax.tree.map(put, tree)
+
+
+def _gather(tree, episodes: int):
+    """Every process's shards as host arrays, padding dropped."""
+    full = multihost_utils.process_allgather(tree, tiled=True) if jax.process_count() > 1 else jax.device_get(tree)
+    return jax.tree.map(lambda x: np.asarray(x)[:episodes], full)
+
+
 def run(cfg: SweepConfig, verbose: bool = True) -> dict:
-    """Run a sweep; returns the results mapping (also written to out_dir)."""
+    """Run a sweep; returns the results mapping (written to out_dir by process 0)."""
+    if cfg.distributed:
+        processes.join("", cfg.coordinator_address, cfg.num_processes, cfg.process_id)
+    verbose = verbose and jax.process_index() == 0
     start = time.perf_counter()
     cells = expand(cfg)
     groups: dict[tuple, list[int]] = {}
@@ -191,8 +223,8 @@ def run(cfg: SweepConfig, verbose: bool = True) -> dict:
             kp, kr = _split2(inst)
             pool.append(jax.vmap(cells[ci].env.sample_params)(kp))
             keys.append(kr)
-        params = jax.tree.map(lambda *x: jnp.concatenate(x), *pool)
-        keys = jnp.concatenate(keys)
+        params = _over_devices(jax.tree.map(lambda *x: jnp.concatenate(x), *pool))
+        keys = _over_devices(jax.random.key_data(jnp.concatenate(keys)))
         prepared.append((members, _group_runner(env, pols).lower(params, keys), params, keys))
     if verbose:
         print(f"compiling {len(prepared)} jitted calls ({len(cells)} cells)", flush=True)
@@ -201,7 +233,7 @@ def run(cfg: SweepConfig, verbose: bool = True) -> dict:
     compile_s = time.perf_counter() - t0
     for call, ((members, _, params, keys), fn) in enumerate(zip(prepared, compiled)):
         tick = time.perf_counter()
-        out = jax.device_get(fn(params, keys))
+        out = _gather(fn(params, keys), len(members) * episodes)
         if verbose:
             first = cells[members[0]]
             print(f"[{call + 1}/{len(prepared)}] {first.name} {len(members)} cells x {len(first.policies)} policies "
@@ -229,6 +261,8 @@ def run(cfg: SweepConfig, verbose: bool = True) -> dict:
     elapsed = time.perf_counter() - start
     result = {"name": cfg.name, "seeds": cfg.seeds, "instances": cfg.instances, "jitted_calls": len(groups),
               "compile_s": round(compile_s, 2), "total_s": round(elapsed, 2), "rows": rows, "curves": curves}
+    if jax.process_index() != 0:
+        return result
     out_dir = Path(cfg.out_dir) / cfg.name
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(out_dir / "results.csv", rows)

@@ -18,6 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from jaxagent import storage
 from jaxagent.model.config import CheckpointError
 from jaxagent.train_step import NonFiniteError, TrainState
 
@@ -61,7 +62,7 @@ class Checkpointer:
     """An Orbax ``CheckpointManager`` over ``directory`` holding step-numbered training checkpoints."""
 
     def __init__(self, directory: str | Path, *, keep: int = 3, create: bool = True, async_save: bool = True):
-        self.directory = Path(directory).absolute()
+        self.directory = storage.durable(directory)
         if not create and not self.directory.is_dir():
             raise CheckpointNotFoundError(f"checkpoint directory not found: {self.directory}")
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=create,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from envs_jax.yaml_config import ConfigError
 
-BENCHMARKS = ("envs", "text", "sampler", "rollout", "scale", "restarts")
+BENCHMARKS = ("envs", "text", "sampler", "rollout", "scale", "restarts", "scaling")
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:

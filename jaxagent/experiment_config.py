@@ -12,6 +12,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
+from envs_jax import processes
+from jaxagent import storage
 from envs_jax import yaml_config as configlib
 from envs_jax.yaml_config import ConfigError
 
@@ -110,6 +112,8 @@ class RolloutConfig:
     unroll_layers: bool = False            # unrolled decode layers: faster on CPU, compile time grows with depth
     history_segments: int | None = None    # episode parts decoded over their own cache bound; None: 8 on CPU, 1
                                            # elsewhere; each part adds to the compile time
+    log_samples: int = 0                   # RLFT: the first N episodes of each logged rollout, as text and token
+                                           # ids, appended to <run>/rlft/samples.jsonl
 
     def validate(self) -> None:
         _positive(self, "rollout", "envs_per_rollout", "max_new_tokens")
@@ -119,6 +123,8 @@ class RolloutConfig:
         _require(0.0 < self.top_p <= 1.0, "rollout.top_p", "must be in (0, 1]", self.top_p)
         _require(self.top_k >= 0, "rollout.top_k", "must be >= 0", self.top_k)
         _require(self.invalid_penalty <= 0, "rollout.invalid_penalty", "must be <= 0", self.invalid_penalty)
+        _require(0 <= self.log_samples <= self.envs_per_rollout, "rollout.log_samples",
+                 f"must be in [0, rollout.envs_per_rollout={self.envs_per_rollout}]", self.log_samples)
         _unit_interval(self, "rollout", "epsilon")
 
 
@@ -334,17 +340,14 @@ class RunConfig:
         _positive(self, "run", "checkpoint_every", "keep_checkpoints", "log_every")
         _require(not self.seeds or (len(self.seeds) >= 2 and len(set(self.seeds)) == len(self.seeds)), "run.seeds",
                  "must be empty or list at least 2 distinct seeds (for a confidence interval)", list(self.seeds))
-        for key in ("coordinator_address", "num_processes", "process_id"):
-            _require(self.distributed or getattr(self, key) is None, f"run.{key}",
-                     "applies to multi-host runs only (run.distributed: true)", getattr(self, key))
-        _require(self.num_processes is None or self.num_processes >= 1, "run.num_processes", "must be >= 1",
-                 self.num_processes)
-        _require(self.process_id is None or 0 <= self.process_id < (self.num_processes or self.process_id + 1),
-                 "run.process_id", f"must be in [0, run.num_processes={self.num_processes})", self.process_id)
+        processes.check_keys("run.", self.distributed, self.coordinator_address, self.num_processes,
+                             self.process_id)
 
     @property
     def directory(self) -> Path:
-        return Path(self.output_dir) / self.name
+        """The run directory; for a bucket ``output_dir``, its local mirror (see :mod:`jaxagent.storage`)."""
+        root = storage.local_for(self.output_dir) if storage.is_url(self.output_dir) else Path(self.output_dir)
+        return root / self.name
 
 
 @dataclasses.dataclass(frozen=True)

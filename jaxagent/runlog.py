@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import yaml
 
 from envs_jax.yaml_config import to_dict
+from jaxagent import storage
 
 PACKAGES = ("jaxagent", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "chex", "numpy", "tensorboardX")
 
@@ -60,7 +61,8 @@ def _scalar(value: Any) -> float:
 
 class RunLog:
     """Opens (or re-opens, on resume) a run directory, records its provenance and writes scalars (in the main
-    process only: the other processes of a multi-host run write nothing)."""
+    process only: the other processes of a multi-host run write nothing). A run directory mirrored from a bucket
+    is copied down when opened and up by :meth:`sync` and :meth:`close`."""
 
     def __init__(self, directory: str | Path, config: Any, seeds: Mapping[str, int], *, flush_secs: int = 30):
         from tensorboardX import SummaryWriter
@@ -70,6 +72,9 @@ class RunLog:
         if not is_main_process():
             return
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.remote = storage.url_for(self.directory)
+        if self.remote:
+            storage.pull(self.directory)
         resolved = to_dict(config)
         (self.directory / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         info_path = self.directory / "run.json"
@@ -94,9 +99,26 @@ class RunLog:
         for name, value in values.items():
             self._writer.add_scalar(f"{prefix}{name}", _scalar(value), global_step=int(step))
 
+    def samples(self, step: int, phase: str, records: list[dict]) -> None:
+        """Append ``records`` (rollout episodes as text), each tagged with ``step``, to ``<phase>/samples.jsonl``."""
+        if self._writer is None:
+            return
+        path = self.directory / phase / "samples.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as f:
+            f.writelines(json.dumps({"update": int(step), **record}) + "\n" for record in records)
+
+    def sync(self) -> None:
+        """A run directory in a bucket: its new and changed files copied up."""
+        if self._writer is not None and self.remote:
+            self._writer.flush()
+            storage.push(self.directory)
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+            if self.remote:
+                storage.push(self.directory)
 
     def __enter__(self) -> "RunLog":
         return self

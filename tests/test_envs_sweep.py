@@ -1,13 +1,24 @@
 """The shipped sweep configs run end to end (smaller sizes) and show the expected orderings."""
 import csv
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from envs_jax import sweep
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "sweeps"
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "configs" / "sweeps"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +98,37 @@ def test_tictactoe_sweep(tmp_path):
         for r in (rows[(p, o, first)] for p in ("random", "minimax") for o in ("random", "optimal")):
             assert r["win"] + r["draw"] + r["loss"] == pytest.approx(1.0)
     assert result["jitted_calls"] == 1   # opponent and who moves first are params: one compiled call
+
+
+def test_a_sweep_split_over_two_processes_equals_one_device(tmp_path):
+    """The same command, its episodes split over 2 processes x 2 CPU devices (joined by jax.distributed, gloo)
+    and padded (3 x 25 episodes per call over 4 devices): process 0 writes the results of one device's run."""
+    cfg = tmp_path / "s.yaml"
+    cfg.write_text("""
+name: split
+seeds: 3
+instances: 25
+plots: false
+envs:
+  - name: contextual-movielens
+    options: {horizon: 10, num_users: 20, num_arms: 5}
+policies: [{name: random}, {name: linucb}]
+""")
+    port = _free_port()
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
+               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2")
+    procs = [subprocess.Popen([sys.executable, "-m", "jaxagent.cli", "sweep", str(cfg), f"out_dir={tmp_path / 'two'}",
+                               "distributed=true", f"coordinator_address=127.0.0.1:{port}", "num_processes=2",
+                               f"process_id={i}"], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert "regret" in outs[0][0] and "regret" not in outs[1][0]  # process 0 alone prints and writes
+    one = sweep.run_from_config(cfg, [f"out_dir={tmp_path / 'one'}"])
+    two = json.loads((tmp_path / "two" / "split" / "results.json").read_text())
+    assert [r["episodes"] for r in two["rows"]] == [75, 75]
+    for got, want in zip(two["rows"], one["rows"]):
+        assert got.keys() == want.keys()
+        for k, value in want.items():
+            assert got[k] == (value if isinstance(value, str) else pytest.approx(value, rel=1e-6, abs=1e-6)), k

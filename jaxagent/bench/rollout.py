@@ -31,25 +31,43 @@ from jaxagent.text.tokenizer import shipped_tokenizer
 ARMS, G = 5, 32
 
 
-def _agent(cfg, horizon: int, unroll_layers: bool = True):
+def _agent(cfg, horizon: int, unroll_layers: bool = True, options: PromptOptions = PromptOptions()):
     tok = shipped_tokenizer()
     env = envs_jax.make_env("bandit-gaussian", num_arms=ARMS, sigma=1.0, horizon=horizon)
-    renderer = BanditRenderer(ARMS, horizon, tok, PromptOptions())
+    renderer = BanditRenderer(ARMS, horizon, tok, options)
     loop = AgentLoop(env, renderer, ActionParser(tok, renderer.labels), cfg, num_steps=horizon, max_new_tokens=G,
                      stop_tokens=tok.stop_ids, temperature=1.0, unroll_layers=unroll_layers)
     return tok, env, renderer, loop
 
 
-def _ours(loop, env, params, batch: int, repeats: int, devices=None):
+def random_history(env, pool, steps: int, key):
+    """Each instance of ``pool``'s env state after ``steps`` uniformly random actions from a reset."""
+    def one(key, params):
+        k_reset, k_steps = jax.random.split(key)
+        _, state = env.reset(k_reset, params)
+
+        def step(state, key):
+            k_action, k_step = jax.random.split(key)
+            action = jax.random.randint(k_action, (), 0, env.num_actions)
+            return env.step(k_step, state, action, params)[1], None
+        return jax.lax.scan(step, state, jax.random.split(k_steps, steps))[0]
+    batch = jax.tree.leaves(pool)[0].shape[0]
+    return jax.jit(jax.vmap(one))(jax.random.split(key, batch), pool)
+
+
+def _ours(loop, env, params, batch: int, repeats: int, devices=None, history: int = 0):
+    """(median, first-call) seconds of ``loop``'s episode over ``batch`` rows; with ``history``, each row starts
+    from a state ``history`` random steps into its episode (see :func:`random_history`)."""
     pool = jax.vmap(env.sample_params)(jax.random.split(jax.random.key(batch), batch))
-    params, pool = over_devices(params, pool, devices)
+    start = random_history(env, pool, history, jax.random.key(2)) if history else None
+    params, (pool, start) = over_devices(params, (pool, start), devices)
     mesh = row_mesh(batch, devices)
     rollout = jax.jit(loop.rollout) if mesh is None else loop.rollout_per_device(mesh)
     t = time.perf_counter()
-    jax.block_until_ready(rollout(params, pool, jax.random.key(0)))
+    jax.block_until_ready(rollout(params, pool, jax.random.key(0), start))
     first = time.perf_counter() - t
     keys = iter(jax.random.split(jax.random.key(1), repeats))
-    seconds = median_seconds(lambda: jax.block_until_ready(rollout(params, pool, next(keys))), repeats)
+    seconds = median_seconds(lambda: jax.block_until_ready(rollout(params, pool, next(keys), start)), repeats)
     return seconds, first
 
 
@@ -63,18 +81,25 @@ class _HostBandit:
         return self.rng.normal(self.means[np.arange(len(actions)), actions], 1.0)
 
 
-def _host_rollout(model, tok, renderer, horizon: int, batch: int, seed: int) -> float:
+def _host_rollout(model, tok, renderer, steps: int, batch: int, seed: int, history: int = 0) -> float:
+    """Seconds of ``steps`` host-loop steps over ``batch`` rows, after ``history`` untimed random steps."""
     import torch
 
     rng = np.random.default_rng(seed)
     env = _HostBandit(rng, batch)
     labels = renderer.labels
-    history = [[] for _ in range(batch)]
+    past = [[] for _ in range(batch)]
+
+    def record(actions):
+        for h, a, r in zip(past, actions, env.step(actions)):
+            h.append((int(a), float(r)))
+    for _ in range(history):
+        record(rng.integers(ARMS, size=batch))
     start = time.perf_counter()
-    for t in range(horizon):
+    for t in range(history, history + steps):
         prompts = [renderer.prefix_text() + "".join(f"Step={i} Action={labels[a]} Reward={r:.2f}\n"
                                                     for i, (a, r) in enumerate(h)) + renderer.tail_text(None, None)
-                   for h in history]
+                   for h in past]
         encoded = [tok.encode(p) for p in prompts]
         width = max(map(len, encoded))
         ids = torch.tensor([[tok.pad_id] * (width - len(e)) + e for e in encoded])
@@ -86,10 +111,19 @@ def _host_rollout(model, tok, renderer, horizon: int, batch: int, seed: int) -> 
         texts = [tok.decode_bytes(row[width:].tolist()) for row in out]
         actions = np.array([a if (a := parse_text(text, labels)) is not None else rng.integers(ARMS)
                             for text in texts])
-        rewards = env.step(actions)
-        for h, a, r in zip(history, actions, rewards):
-            h.append((int(a), float(r)))
+        record(actions)
     return time.perf_counter() - start
+
+
+def host_model(path: str, have_torch: bool):
+    """The host loop's HF model of the checkpoint at ``path``, or None (saying so) without torch."""
+    if not have_torch:
+        print("host-loop column skipped: torch is not installed (make bench, or pip install torch==2.13.0)")
+        return None
+    import torch
+    from transformers import Gemma2ForCausalLM
+
+    return Gemma2ForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
 
 
 def ours_train_seconds(params, cfg, tokens, repeats: int) -> tuple[float, float]:
@@ -141,14 +175,7 @@ def run(quick: bool = False) -> dict:
         have_torch = make_checkpoint(path)
         cfg, params = load_hf(path)
         tok, env, renderer, loop = _agent(cfg, horizon)
-        hf_model = None
-        if have_torch:
-            import torch
-            from transformers import Gemma2ForCausalLM
-
-            hf_model = Gemma2ForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager").eval()
-        else:
-            print("host-loop column skipped: torch is not installed (make bench, or pip install torch==2.13.0)")
+        hf_model = host_model(path, have_torch)
         for batch in batches:
             timed, best = on_each_layout(lambda devices: _ours(loop, env, params, batch, repeats, devices))
             seconds, first = timed[best]

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes  # registers bfloat16 with numpy, which safetensors' numpy reader needs
 import numpy as np
+from etils import epath
 from safetensors import SafetensorError, safe_open
 
 from jaxagent.model.config import CheckpointError, GemmaConfig
@@ -235,7 +236,8 @@ def save_orbax(params: dict, cfg: GemmaConfig, path: str | Path) -> None:
     import dataclasses
     import orbax.checkpoint as ocp
 
-    path = Path(path).absolute()
+    path = epath.Path(path)  # a local path or a bucket URL (absolute already)
+    path = path if path.is_absolute() else path.absolute()
     path.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path / "params", params, force=True)

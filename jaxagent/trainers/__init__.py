@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from envs_jax.yaml_config import ConfigError
-from jaxagent import analyses, metrics
+from jaxagent import analyses, metrics, storage
 from jaxagent.checkpoint import Checkpointer, is_step_directory
 from jaxagent.experiment_config import TASK_METHODS, TRAINERS, load_experiment
 from jaxagent.model import load_policy
 from jaxagent.model.policy import Policy
-from jaxagent.runlog import RunLog
+from jaxagent.runlog import RunLog, is_main_process
 from jaxagent.text.tokenizer import save_hf_tokenizer
 from jaxagent.trainers import compare, rlft, sft
 from jaxagent.trainers.evaluate import Evaluator, print_table, summarise, write_report, write_summary
@@ -67,6 +67,8 @@ def train_from_config(path, overrides) -> dict:
                                      f"run.output_dir={cfg.run.directory}"])
             runs[seed] = cfg.run.directory / f"seed_{seed}"
         summary = _across_seeds(cfg.run.directory, runs)
+        if storage.url_for(cfg.run.directory) and is_main_process():
+            storage.push(cfg.run.directory)
         print_table(summary)
         print(f"run directory: {cfg.run.directory} (summary.json over seeds {list(cfg.run.seeds)}, seed_S/)")
         return summary
@@ -87,8 +89,8 @@ def train_from_config(path, overrides) -> dict:
         for phase in phases:
             params = PHASES[phase](exp, params, directory / phase, log, _eval_scalars(evaluator))
             curves[phase + cfg.eval.mechanisms] = evaluator.model(params)
-        Policy(exp.model_cfg, params).save(directory / "policy")
-    summary = write_report(directory, curves)
+        Policy(exp.model_cfg, params).save(storage.durable(directory / "policy"))
+        summary = write_report(directory, curves)
     print_table(summary)
     print(f"run directory: {directory} (summary.json, regret.png, coverage.png, policy/, tb/)")
     return summary
@@ -104,6 +106,8 @@ def _pop(overrides, key: str, required: bool = True):
 
 def _checkpoint_arg(overrides) -> tuple[Path, list]:
     checkpoint, overrides = _pop(overrides, "checkpoint")
+    if storage.is_url(checkpoint):
+        return storage.local_copy(checkpoint), overrides
     if checkpoint.startswith(SHIPPED):
         return checkpoint_path(checkpoint, "checkpoint"), overrides
     if not Path(checkpoint).exists():
@@ -147,6 +151,8 @@ def eval_from_config(path, overrides) -> dict:
     else:
         report = checkpoint.parent / f"eval{cfg.eval.mechanisms}"
     summary = write_report(report, curves)
+    if storage.url_for(report) and is_main_process():
+        storage.push(report)
     print_table(summary)
     print(f"report: {report} (summary.json, regret.png, coverage.png)")
     return summary

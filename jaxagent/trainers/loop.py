@@ -82,7 +82,8 @@ def split_updates(batch, num_updates: int) -> list:
 
 @dataclasses.dataclass(frozen=True)
 class Phase:
-    """One training phase as :func:`run_phase` runs it. ``make_data(key, params) -> (mini-batches, scalars)``."""
+    """One training phase as :func:`run_phase` runs it. ``make_data(key, params) -> (mini-batches, scalars)``;
+    the scalars may carry ``"samples"``: episode records for ``<phase>/samples.jsonl``."""
     name: str
     loss_fn: Callable
     make_data: Callable
@@ -170,6 +171,7 @@ def fit(name: str, state: TrainState, *, total_updates: int, key: jax.Array, mak
         while int(state.step) < total_updates:
             start = time.perf_counter()
             batches, scalars = make_data(jax.random.fold_in(key, int(state.step)), state.params)
+            samples = scalars.pop("samples", None)
             data_seconds = time.perf_counter() - start
             for batch in batches:
                 state, step_metrics = train_step(state, batch)
@@ -180,6 +182,8 @@ def fit(name: str, state: TrainState, *, total_updates: int, key: jax.Array, mak
                        "time/data_s": data_seconds, "time/iteration_s": elapsed}
             if step % log_every < len(batches) or step >= total_updates:
                 log.scalars(step, scalars, prefix=f"{name}/")
+                if samples:
+                    log.samples(step, name, samples)
             bar.update(len(batches))
             bar.set_postfix(loss=f"{scalars['loss']:.4f}")
             if on_eval is not None and eval_every and (step - last_eval >= eval_every or step >= total_updates):
@@ -188,6 +192,7 @@ def fit(name: str, state: TrainState, *, total_updates: int, key: jax.Array, mak
             stop = step < total_updates and termination.agreed()
             if step - last_checkpoint >= checkpoint_every or step >= total_updates or stop:
                 checkpointer.save(state, key, {"updates": step})
+                log.sync()
                 last_checkpoint = step
             if stop:
                 bar.close()

@@ -17,6 +17,8 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from envs_jax.yaml_config import ConfigError
 from jaxagent import advantages as adv_lib
@@ -126,6 +128,26 @@ def _rows_per_update(rl: RLConfig, loop, episodes_per_rollout: int) -> tuple[int
     return rl.batch_size, contexts // rl.batch_size, rl.batch_size // (rl.micro_batch_size or rl.batch_size)
 
 
+def first_episodes(traj, n: int, mesh) -> dict:
+    """The first ``n`` rows' turns (generated tokens and lengths, actions, validity, env rewards), replicated so
+    that every process holds them."""
+    fields = {"tokens": traj.tokens, "lengths": traj.lengths, "actions": traj.actions, "valid": traj.valid,
+              "rewards": traj.env_rewards, "active": traj.active}
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return {k: jax.lax.with_sharding_constraint(v[:n], replicated) for k, v in fields.items()}
+
+
+def transcripts(tokenizer, episodes: dict) -> list[dict]:
+    """:func:`first_episodes` as records: per episode, each active turn's text, token ids, action, validity and
+    env reward."""
+    e = jax.tree.map(np.asarray, episodes)
+    return [{"episode": i, "turns": [
+        {"step": t, "text": tokenizer.decode_bytes(e["tokens"][i, t, :e["lengths"][i, t]]),
+         "tokens": e["tokens"][i, t, :e["lengths"][i, t]].tolist(), "action": int(e["actions"][i, t]),
+         "valid": bool(e["valid"][i, t]), "reward": float(e["rewards"][i, t])}
+        for t in range(e["tokens"].shape[1]) if e["active"][i, t]]} for i in range(e["tokens"].shape[0])]
+
+
 def train(exp, params, directory: Path, log: RunLog, evaluate=None):
     cfg, loop = exp.cfg, exp.train_loop
     rl, r = cfg.rl, cfg.rollout
@@ -151,11 +173,15 @@ def train(exp, params, directory: Path, log: RunLog, evaluate=None):
             batch = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), batch)
             order = jax.random.permutation(jax.random.fold_in(key, 1), r.envs_per_rollout * loop.num_steps)
             batch = jax.tree.map(lambda x: x[order[: rows * per_rollout]], batch)
-        return batch, metrics.rollout_summary(traj, exp.env.num_actions)
+        return batch, metrics.rollout_summary(traj, exp.env.num_actions), first_episodes(traj, r.log_samples,
+                                                                                         exp.mesh)
 
     def make_data(key, params):
-        batch, stats = make_batch(key, params, ref_params, pool)
-        return split_updates(batch, per_rollout) * rl.epochs, {f"rollout/{k}": float(v) for k, v in stats.items()}
+        batch, stats, episodes = make_batch(key, params, ref_params, pool)
+        scalars = {f"rollout/{k}": float(v) for k, v in stats.items()}
+        if r.log_samples:
+            scalars["samples"] = transcripts(exp.tokenizer, episodes)
+        return split_updates(batch, per_rollout) * rl.epochs, scalars
 
     phase = Phase("rlft", rl_loss(exp.model_cfg, rl, loop.temperature), make_data, rl.num_updates,
                   rl.learning_rate, num_micro_batches=k, weights=rl_weights(rl))

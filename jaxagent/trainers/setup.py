@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,8 @@ import jax
 import jax.numpy as jnp
 
 import envs_jax
+from envs_jax import processes
+from jaxagent import storage
 from envs_jax.yaml_config import ConfigError
 from jaxagent.experiment_config import ExperimentConfig
 from jaxagent.experts import ExplorationOverride
@@ -74,6 +75,8 @@ def checkpoint_path(value: str, key: str = "model.checkpoint") -> Path:
     (made with the shipped tokenizer)."""
     if value.startswith(SHIPPED):
         path = Path(str(resources.files("jaxagent") / "assets" / value[len(SHIPPED):]))
+    elif storage.is_url(value):
+        path = storage.local_copy(value)
     else:
         path = Path(value)
     if not path.is_dir():
@@ -123,26 +126,6 @@ def _model(cfg: ExperimentConfig, vocab_size: int, mesh: Mesh):
     return model_cfg, jax.device_put(params, param_shardings(mesh, params))
 
 
-def _from_environment(value, variable: str, key: str):
-    """``value``, or where unset the environment's ``variable`` (a launcher's), as an int."""
-    if value is not None or variable not in os.environ:
-        return value
-    try:
-        return int(os.environ[variable])
-    except ValueError:
-        raise ConfigError(f"config key '{key}': unset, and the environment's {variable}="
-                          f"{os.environ[variable]!r} is not a number") from None
-
-
-def _join_processes(run) -> None:
-    """``jax.distributed.initialize`` with the config's or the launcher's coordinator, process count and index
-    (JAX reads ``JAX_COORDINATOR_ADDRESS`` itself); all unset, JAX detects the cluster (TPU, SLURM, Open MPI)."""
-    jax.distributed.initialize(
-        coordinator_address=run.coordinator_address,
-        num_processes=_from_environment(run.num_processes, "JAX_NUM_PROCESSES", "run.num_processes"),
-        process_id=_from_environment(run.process_id, "JAX_PROCESS_ID", "run.process_id"))
-
-
 def _exploration(env, renderer, cfg: ExperimentConfig, section: str, try_all: bool, epsilon_greedy: bool,
                  epsilon: float):
     """The try-all / ε-greedy override of the ``rollout`` (training) or ``eval`` section, or None."""
@@ -156,8 +139,8 @@ def _exploration(env, renderer, cfg: ExperimentConfig, section: str, try_all: bo
 
 
 def build(cfg: ExperimentConfig) -> Experiment:
-    if cfg.run.distributed and not jax.distributed.is_initialized():
-        _join_processes(cfg.run)
+    if cfg.run.distributed:
+        processes.join("run.", cfg.run.coordinator_address, cfg.run.num_processes, cfg.run.process_id)
     mesh = make_experiment_mesh(cfg.model.mesh)
     try:
         env = envs_jax.make_env(cfg.env.name, **cfg.env.options)
