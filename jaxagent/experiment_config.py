@@ -112,11 +112,17 @@ class RolloutConfig:
     unroll_layers: bool = False            # unrolled decode layers: faster on CPU, compile time grows with depth
     history_segments: int | None = None    # episode parts decoded over their own cache bound; None: 8 on CPU, 1
                                            # elsewhere; each part adds to the compile time
+    # RLFT rollouts with the paper's inference mechanisms (jaxagent.mechanisms), trained on what was played:
+    context_randomisation: bool = False    # fresh arm labels every turn (bandits; rl.batch_unit: context)
+    self_consistency: int = 1              # answers sampled per turn, the vote's answer played and trained on
+    vote: Literal["majority", "sample"] = "majority"
+    self_correction: bool = False          # a second answer after a request to check the first, trained on alone
+                                           # with the first in its context (rl.batch_unit: context)
     log_samples: int = 0                   # RLFT: the first N episodes of each logged rollout, as text and token
                                            # ids, appended to <run>/rlft/samples.jsonl
 
     def validate(self) -> None:
-        _positive(self, "rollout", "envs_per_rollout", "max_new_tokens")
+        _positive(self, "rollout", "envs_per_rollout", "max_new_tokens", "self_consistency")
         if self.history_segments is not None:
             _positive(self, "rollout", "history_segments")
         _require(self.temperature >= 0, "rollout.temperature", "must be >= 0", self.temperature)
@@ -374,6 +380,14 @@ class ExperimentConfig:
                      self.model.value_head)
         _require(self.rollout.envs_per_rollout % self.rl.group_size == 0, "rl.group_size",
                  f"must divide rollout.envs_per_rollout ({self.rollout.envs_per_rollout})", self.rl.group_size)
+        for key, why in (("context_randomisation", "each turn's prompt relabels the whole history"),
+                         ("self_correction", "each turn's answer follows its first answer")):
+            _require(not getattr(self.rollout, key) or self.rl.batch_unit == "context", f"rollout.{key}",
+                     f"needs rl.batch_unit: context ({why}, so episodes do not pack)", getattr(self.rollout, key))
+        _require(not (self.rollout.self_correction and self.rollout.self_consistency > 1), "rollout.self_correction",
+                 "cannot be combined with rollout.self_consistency > 1", self.rollout.self_correction)
+        _require(self.rollout.self_consistency == 1 or self.rollout.temperature > 0, "rollout.self_consistency",
+                 "needs rollout.temperature > 0 (greedy answers all agree)", self.rollout.self_consistency)
         _require(self.rl.group_size == 1 or self.rl.advantage == "rewards_to_go_mc", "rl.group_size",
                  "applies to rl.advantage 'rewards_to_go_mc' only (must be 1 with 'gae')", self.rl.group_size)
 

@@ -5,10 +5,12 @@ turns over, are :class:`jaxagent.experts.ExplorationOverride`):
   action (ties: the lowest action index), or with ``vote="sample"`` an action drawn from the vote shares, and its
   text is the first sample that named it (the first sample where none is valid);
 - self-correction: after the first answer a user turn asks the model to check it, and a second answer follows in
-  the same context; the second is the turn's text and action;
+  the same context; the second is the turn's text and action (and what RLFT trains on, the first answer and the
+  request kept as its context);
 - context randomisation: every turn sees the arms under a fresh random label mapping (the history rewritten
   accordingly, :mod:`jaxagent.text.relabel`), and the label it names is mapped back to the arm.
-They act where :class:`jaxagent.rollout.AgentLoop` is given them (the evaluation, ``eval.*`` in a config).
+They act where :class:`jaxagent.rollout.AgentLoop` is given them: the evaluation (``eval.*`` in a config) and RLFT's
+rollouts (``rollout.*``).
 """
 from __future__ import annotations
 
@@ -52,3 +54,14 @@ def correction_turn(tokenizer, generated, lengths):
     B, M = generated.shape[0], message.shape[0]
     opened = jnp.concatenate([jnp.full((B, 1), end, jnp.int32), jnp.broadcast_to(message, (B, M))], axis=1)
     return jnp.where(closed[:, None], jnp.roll(opened, -1, axis=1), opened), M + (~closed).astype(jnp.int32)
+
+
+def joined(first, first_lengths, second, second_lengths, pad_id: int):
+    """Per row, ``first[:n1] ++ second[:n2]`` then pad: ``(tokens [B, W1 + W2], lengths [B])``."""
+    width = first.shape[1] + second.shape[1]
+
+    def one(a, n1, b, n2):
+        out = jnp.full((width,), pad_id, jnp.int32).at[: a.shape[0]].set(a)
+        out = jax.lax.dynamic_update_slice(out, b, (n1,))
+        return jnp.where(jnp.arange(width) < n1 + n2, out, pad_id)
+    return jax.vmap(one)(first, first_lengths, second, second_lengths), first_lengths + second_lengths

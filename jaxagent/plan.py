@@ -85,7 +85,8 @@ def plan(cfg, devices: int, cache_len: int, row: tuple[int, int], micro_batch_ro
                     for x in jax.tree.leaves(opt_state) if hasattr(x, "shape"))
     elements = param_bytes // master.itemsize
     batch_shards = sizes["data"] * sizes["fsdp"]
-    rollout_rows = max(1, cfg.rollout.envs_per_rollout // batch_shards)
+    envs = cfg.rollout.envs_per_rollout  # rows that do not split over the batch axes stay whole on every device
+    rollout_rows = envs // batch_shards if envs % batch_shards == 0 else envs
     kv_heads = model_cfg.num_kv_heads // (sizes["tensor"] if model_cfg.num_kv_heads % sizes["tensor"] == 0 else 1)
     heads = max(1, model_cfg.num_heads // sizes["tensor"])
     tokens, pairs = row

@@ -64,6 +64,9 @@ class Trajectory:
     start_tokens: jax.Array  # [B, S0] a started row's history before its first step's line (S0 = 0 for resets)
     start_lengths: jax.Array  # [B]
     prefix_length: jax.Array  # [] shared prompt prefix length
+    relabelling: Any = None  # [B, T, K] the arm labels each turn was shown (context randomisation), else None
+    preamble: Any = None  # (tokens [B, T, W], lengths [B, T]): a self-correction turn's first answer and request
+    final_states: Any = None  # [B, ...] env state after the last step (an unfinished episode's value bootstraps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +173,8 @@ class AgentLoop:
 
     def _play(self, env_params, key, generate, extra, segments, start=None, env_keys=None):
         """The episode scan shared by the model and the experts: ``generate(extra, key, state, first, line,
-        tail, history_len) -> (extra, tokens[B, G], logprobs[B, G], lengths[B])`` writes each step's output;
+        tail, history_len) -> (extra, tokens[B, G], logprobs[B, G], lengths[B], preamble)`` writes each step's output
+        (``preamble``: what the turn's context holds between the prompt and the output, or None);
         ``history_len`` bounds every row's cache end at that step (static), per ``segments`` (see ``_segments``).
         ``start``: the rows' first env states (one episode each) instead of a reset. ``env_keys`` ``[B, T]``: each
         row's key for each env step (parse fallback, step, reset) instead of keys drawn from ``key``."""
@@ -197,7 +201,7 @@ class AgentLoop:
                 shown = jax.vmap(relabel_state)(state, labels)
             first, line, tail = jax.vmap(self._prompt_pieces)(shown, env_params)
             line = (line[0], jnp.where(live, line[1], 0))  # an ended episode's prompt gains no line
-            extra, gen, logp, gen_len = generate(extra, k_gen, shown, first, line, tail, history_len)
+            extra, gen, logp, gen_len, preamble = generate(extra, k_gen, shown, first, line, tail, history_len)
             forced = jnp.zeros((B,), bool)
             if self.exploration is not None:
                 forced, (tokens, lengths) = jax.vmap(self.exploration)(jax.random.split(k_gen, B), shown)
@@ -210,7 +214,7 @@ class AgentLoop:
             reward, train_reward, done = reward * live, train_reward * live, done & live
             expected, best = expected * live, best * live  # no regret after a started row's episode
             record = (line[0], line[1], tail[0], tail[1], gen, logp, gen_len, executed, valid, reward, train_reward,
-                      first, live, forced, done, expected, best, state)
+                      first, live, forced, done, expected, best, state, labels, preamble)
             next_live = live if start is None else live & ~done
             return (next_state, next_live, extra), record
 
@@ -222,8 +226,10 @@ class AgentLoop:
             carry, records = jax.lax.scan(functools.partial(step, history_len), carry, part)
             parts.append(records)
         records = jax.tree.map(lambda *xs: jnp.swapaxes(jnp.concatenate(xs), 0, 1), *parts)  # batch-major
+        *records, relabelling, preamble = records
         return Trajectory(*records, start_tokens=start_tokens, start_lengths=start_lengths,
-                          prefix_length=jnp.int32(self.renderer.prefix[1]))
+                          prefix_length=jnp.int32(self.renderer.prefix[1]), relabelling=relabelling,
+                          preamble=preamble, final_states=carry[0])
 
     def rollout(self, model_params, env_params, key, start=None, env_keys=None) -> Trajectory:
         """Play ``num_steps`` steps with the model in each of the ``B`` env instances of ``env_params``, from a
@@ -268,7 +274,7 @@ class AgentLoop:
                                        temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
                                        stop_tokens=self.stop_tokens, unroll_layers=self.unroll_layers,
                                        shared_prefix=shared)
-            inference = self.inference
+            inference, preamble = self.inference, None
             if inference.votes > 1:  # the cache is rewound past the answers next step: keep it as appended
                 k_samples, k_vote = jax.random.split(key)
                 gens, logps, lengths = jax.lax.map(lambda k: decode(cache, logits, k, history_len=history_len)[1:],
@@ -287,9 +293,10 @@ class AgentLoop:
                 cache, logits = sampler.append(model_params, cfg, cache, request, request_len, bound,
                                                self.unroll_layers, shared)
                 cache, gen, logp, gen_len = decode(cache, logits, key, history_len=bound)
+                preamble = mechanisms.joined(first_answer, first_length, request, request_len, r.pad_id)
             else:
                 cache, gen, logp, gen_len = decode(cache, logits, key, history_len=history_len)
-            return (cache, end_of_history), gen, logp, gen_len
+            return (cache, end_of_history), gen, logp, gen_len, preamble
 
         return self._play(env_params, key, generate, (cache, end_of_history), segments, start, env_keys)
 
@@ -320,7 +327,7 @@ class AgentLoop:
         def generate(extra, key, state, first, line, tail, history_len):
             _, (tokens, lengths) = jax.vmap(expert.act)(jax.random.split(key, B), state, env_params)
             tokens = _fit(tokens, G, pad)
-            return extra, tokens, jnp.zeros(tokens.shape, jnp.float32), lengths
+            return extra, tokens, jnp.zeros(tokens.shape, jnp.float32), lengths, None
 
         return self._play(env_params, key, generate, (), [(0, self.num_steps, None)], start, env_keys)
 
@@ -329,7 +336,7 @@ class AgentLoop:
         after), from ``start`` with the recorded ``env_keys [B, T]``: parsed and stepped as a played turn is."""
         def generate(step, key, state, first, line, tail, history_len):
             turn = tokens[:, step]
-            return step + 1, turn, jnp.zeros(turn.shape, jnp.float32), lengths[:, step]
+            return step + 1, turn, jnp.zeros(turn.shape, jnp.float32), lengths[:, step], None
 
         return self._play(env_params, jax.random.key(0), generate, jnp.int32(0), [(0, self.num_steps, None)], start,
                           env_keys)

@@ -17,11 +17,15 @@ from jaxagent.model import GemmaConfig, init_params
 from jaxagent.model.sampler import score, score_jit
 from jaxagent.rollout import AgentLoop
 from jaxagent.text.bandit_prompt import BanditRenderer
+from jaxagent.env_kinds import make_renderer
+from jaxagent.text import make_parser
 from jaxagent.text.parse import ActionParser
 from jaxagent.text.render import PromptOptions
 from jaxagent.text.tokenizer import shipped_tokenizer
 from jaxagent.train_step import accumulate_gradients
 from jaxagent.experts import ExplorationOverride, Expert
+from jaxagent.mechanisms import CORRECTION, Inference
+from jaxagent.text.relabel import relabel_state
 from jaxagent.trainers.rlft import rl_batch, rl_loss, rl_weights, unit_inputs
 from jaxagent.trainers.sft import sft_batch, sft_loss
 
@@ -151,7 +155,7 @@ def test_rlft_objective_and_gradient_equal_the_per_context_objective(rollout, ca
     rl = dataclasses.replace(CASES[case], batch_unit=unit)
     loop, params, ref_params, traj = rollout
     batch = jax.jit(lambda p, r, t: rl_batch(p, r, CFG, rl, unit_inputs(rl, loop.renderer, t, None, TOK.pad_id), t,
-                                             TEMPERATURE))(params, ref_params, traj)
+                                             TEMPERATURE, renderer=loop.renderer))(params, ref_params, traj)
     objective, old_logp, scored, mask = _hand_objective(rl, loop, params, ref_params, traj)
     assert float(mask.sum()) > N * HORIZON
     # the behaviour log-probs are the scorer's at the sampling temperature: the first update starts at ratio 1
@@ -218,3 +222,75 @@ def test_forced_turns_are_rescored_under_the_rollouts_parameters(rollout):
     np.testing.assert_allclose(old[forced] * mask[forced], scored[forced], atol=2e-5)
     np.testing.assert_array_equal(old[~forced], sampled[~forced])
     assert np.abs(sampled[forced] * mask[forced] - scored[forced]).max() > 1e-2  # re-scoring changed them
+
+
+@pytest.mark.parametrize("inference", [Inference(relabel=True), Inference(votes=3), Inference(self_correction=True)],
+                         ids=["context randomisation", "self-consistency", "self-correction"])
+def test_rollouts_with_inference_mechanisms_train_on_what_each_turn_was_shown(rollout, inference):
+    """RLFT with context randomisation (fresh labels each turn), self-consistency (the voted answer played) or
+    self-correction (the second answer played, after the first and a request to check it): each step context is
+    the prompt the turn saw, token for token (host-rendered here under the recorded labels, then the first answer
+    and the request), so the scorer gives the behaviour log-probs of the played answer back and the first update
+    starts at ratio 1."""
+    loop, params, _, _ = rollout
+    loop = dataclasses.replace(loop, inference=inference)
+    traj = jax.jit(loop.rollout)(params, jax.vmap(loop.env.sample_params)(jax.random.split(jax.random.key(6), N)),
+                                 jax.random.key(8))
+    rl = RLConfig(batch_unit="context")
+    contexts = unit_inputs(rl, loop.renderer, traj, None, TOK.pad_id)
+    for b, t in ((0, 0), (1, HORIZON - 1), (N - 1, 1)):
+        state = jax.tree.map(lambda x: np.asarray(x)[b, t], traj.states)
+        if inference.relabel:
+            state = relabel_state(state, np.asarray(traj.relabelling)[b, t])
+        prompt = TOK.encode(loop.renderer.render_text(state, None))
+        if inference.self_correction:
+            first, length = np.asarray(traj.preamble[0])[b, t], int(np.asarray(traj.preamble[1])[b, t])
+            assert TOK.decode(first[:length]).endswith(CORRECTION)
+            prompt += first[:length].tolist()
+        assert np.asarray(contexts.tokens)[b, t, :len(prompt)].tolist() == prompt
+        assert int(np.asarray(contexts.prompt_lengths)[b, t]) == len(prompt)
+    if inference.relabel:  # the labels changed between turns of an episode
+        assert len({tuple(p) for p in np.asarray(traj.relabelling).reshape(-1, K).tolist()}) > 1
+    batch = jax.jit(lambda p, t: rl_batch(p, p, CFG, rl, unit_inputs(rl, loop.renderer, t, None, TOK.pad_id), t,
+                                          TEMPERATURE))(params, traj)
+    mask = np.asarray(batch["mask"])
+    assert mask.sum() > N * HORIZON
+    np.testing.assert_allclose(np.asarray(batch["old_logp"]) * mask, np.asarray(batch["ref_logp"]) * mask, atol=2e-5)
+
+
+def test_gae_bootstraps_a_game_cut_by_the_rollout_from_the_value_of_the_state_it_reached():
+    """Tic-tac-toe rows of 2 agent turns: most games are still running when the rollout ends, and their last
+    step's advantage takes the value head's V of the position reached (host-rendered here), not 0."""
+    env = envs_jax.make_env("tictactoe")
+    renderer = make_renderer(env, TOK, PromptOptions(max_len=1024))
+    loop = AgentLoop(env, renderer, make_parser(renderer), CFG, num_steps=2, max_new_tokens=G,
+                     stop_tokens=TOK.stop_ids, temperature=TEMPERATURE, history_segments=1)
+    pool = jax.vmap(env.sample_params)(jax.random.split(jax.random.key(11), N))
+    params = init_params(CFG, jax.random.key(0), std=0.5, value_head=True)
+    params["value_head"] = {"w": 0.3 * jax.random.normal(jax.random.key(9), (CFG.d_model,)), "b": jnp.float32(0.1)}
+    traj = jax.jit(loop.rollout)(params, pool, jax.random.key(12))
+    done = np.asarray(traj.done, np.float64)
+    assert not done[:, -1].all()
+    rl = RLConfig(advantage="gae", gamma=0.9, gae_lambda=0.8, batch_unit="context")
+    batch = jax.jit(lambda p, t, e: rl_batch(p, p, CFG, rl, unit_inputs(rl, renderer, t, e, TOK.pad_id), t,
+                                             TEMPERATURE, renderer=renderer, env_params=e))(params, traj, pool)
+
+    row = lambda tree, *index: jax.tree.map(lambda x: np.asarray(x)[index], tree)
+    prompts = [TOK.encode(renderer.render_text(row(traj.states, b, t), row(pool, b))) for b in range(N) for t in (0, 1)]
+    prompts += [TOK.encode(renderer.render_text(row(traj.final_states, b), row(pool, b))) for b in range(N)]
+    tokens = np.full((len(prompts), max(map(len, prompts))), TOK.pad_id, np.int32)
+    for i, p in enumerate(prompts):
+        tokens[i, :len(p)] = p  # right-padded: a causal model's value at the last prompt token is unaffected
+    _, v = score_jit(params, CFG, jnp.asarray(tokens), temperature=TEMPERATURE, with_values=True)
+    v = np.asarray(v, np.float64)[np.arange(len(prompts)), [len(p) - 1 for p in prompts]]
+    values, last = v[: 2 * N].reshape(N, 2), v[2 * N:]
+    rewards = np.asarray(traj.train_rewards, np.float64)
+    adv, running = np.zeros((N, 2)), np.zeros(N)
+    for t in (1, 0):
+        next_value = values[:, t + 1] if t == 0 else last
+        delta = rewards[:, t] + rl.gamma * (1 - done[:, t]) * next_value - values[:, t]
+        running = delta + rl.gamma * rl.gae_lambda * (1 - done[:, t]) * running
+        adv[:, t] = running
+    np.testing.assert_allclose(np.asarray(batch["advantages"]), adv, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(batch["returns"]), adv + values, atol=1e-5)
+    assert np.abs(last[done[:, -1] == 0]).min() > 1e-3  # the bootstrap is not a zero in disguise

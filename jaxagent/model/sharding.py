@@ -27,11 +27,16 @@ RULES = {
 def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices=None) -> Mesh:
     import numpy as np
 
+    from jax.experimental import mesh_utils
+
     devices = jax.devices() if devices is None else devices
     n = data * fsdp * tensor
     if n > len(devices):
         raise ValueError(f"mesh ({data}, {fsdp}, {tensor}) needs {n} devices, {len(devices)} available")
-    return Mesh(np.array(devices[:n]).reshape(data, fsdp, tensor), AXES)
+    if n < len(devices):
+        return Mesh(np.array(devices[:n]).reshape(data, fsdp, tensor), AXES)
+    # the whole slice: on TPU, axes laid along the chips' interconnect (tensor, the most talkative, innermost)
+    return Mesh(mesh_utils.create_device_mesh((data, fsdp, tensor), devices, allow_split_physical_axes=True), AXES)
 
 
 def _fit(spec: tuple, shape: tuple, mesh: Mesh | None) -> P:

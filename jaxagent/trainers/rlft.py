@@ -12,6 +12,7 @@ over every generated token, the ratio taken against the behaviour policy's log-p
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -23,8 +24,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 from envs_jax.yaml_config import ConfigError
 from jaxagent import advantages as adv_lib
 from jaxagent import losses, metrics
-from jaxagent.contexts import score_contexts, step_contexts
+from jaxagent.contexts import final_values, score_contexts, step_contexts
 from jaxagent.experiment_config import RLConfig
+from jaxagent.mechanisms import Inference
 from jaxagent.model.config import GemmaConfig
 from jaxagent.packing import pack, score_packed, token_mask
 from jaxagent.runlog import RunLog
@@ -33,19 +35,20 @@ from jaxagent.trainers.loop import (Phase, check_batch_split, check_growing_hist
 
 
 class Advantage(NamedTuple):
-    """``estimate(rl, rewards [B, T], traj, values [B, T] | None) -> (advantages, returns)``."""
+    """``estimate(rl, rewards [B, T], traj, values [B, T] | None, last_values [B] | None) -> (advantages,
+    returns)``; ``last_values``: V of the state after each row's last step."""
     estimate: Callable
     needs_values: bool
 
 
-def _rewards_to_go_mc(rl, rewards, traj, values):
+def _rewards_to_go_mc(rl, rewards, traj, values, last_values):
     return adv_lib.rewards_to_go_mc(rewards, gamma=rl.gamma, normalize=rl.normalize_advantages,
                                     group_size=rl.group_size)
 
 
-def _gae(rl, rewards, traj, values):
-    # An episode still running at the end of the rollout bootstraps from V = 0.
-    return adv_lib.gae(rewards, values, traj.done, jnp.zeros(values.shape[0]), gamma=rl.gamma, lam=rl.gae_lambda,
+def _gae(rl, rewards, traj, values, last_values):
+    # An episode still running at the end of the rollout bootstraps from the value of the state it reached.
+    return adv_lib.gae(rewards, values, traj.done, last_values, gamma=rl.gamma, lam=rl.gae_lambda,
                        normalize=rl.normalize_advantages)
 
 
@@ -67,10 +70,11 @@ def unit_inputs(rl: RLConfig, renderer, traj, env_params, pad_id: int):
 
 
 def rl_batch(params, ref_params, model_cfg: GemmaConfig, rl: RLConfig, inputs, traj, temperature: float,
-             forced_turns: bool = False) -> dict:
+             forced_turns: bool = False, renderer=None, env_params=None) -> dict:
     """Everything the loss needs, computed once per rollout (no gradient), laid out ``[B, T, ...]``. With
     ``forced_turns`` (try-all / ε-greedy wrote some turns), those turns' behaviour log-probs are the model's
-    log-probs of the forced text under the rollout's parameters."""
+    log-probs of the forced text under the rollout's parameters. Advantages from the value head bootstrap
+    unfinished episodes from the states they reached, rendered by ``renderer`` on ``env_params``."""
     scorer = SCORERS[rl.batch_unit]
     ref_logp = scorer(ref_params, model_cfg, inputs, temperature=temperature)
     old_logp = traj.logprobs
@@ -81,11 +85,12 @@ def rl_batch(params, ref_params, model_cfg: GemmaConfig, rl: RLConfig, inputs, t
     if rl.normalize_rewards:
         rewards = adv_lib.normalize_rewards(traj.env_rewards) + (traj.train_rewards - traj.env_rewards)
     batch = {"inputs": inputs, "mask": token_mask(traj), "old_logp": old_logp, "ref_logp": ref_logp}
-    advantage, values = ADVANTAGES[rl.advantage], None
+    advantage, values, last_values = ADVANTAGES[rl.advantage], None, None
     if advantage.needs_values:
         _, values = scorer(params, model_cfg, inputs, temperature=temperature, with_values=True)
         batch["old_values"] = values
-    advantages, returns = advantage.estimate(rl, rewards, traj, values)
+        last_values = final_values(params, model_cfg, renderer, traj, env_params, temperature=temperature)
+    advantages, returns = advantage.estimate(rl, rewards, traj, values, last_values)
     return {**batch, "advantages": advantages, "returns": returns}
 
 
@@ -149,8 +154,10 @@ def transcripts(tokenizer, episodes: dict) -> list[dict]:
 
 
 def train(exp, params, directory: Path, log: RunLog, evaluate=None):
-    cfg, loop = exp.cfg, exp.train_loop
+    cfg = exp.cfg
     rl, r = cfg.rl, cfg.rollout
+    loop = dataclasses.replace(exp.train_loop, inference=Inference(
+        votes=r.self_consistency, vote=r.vote, self_correction=r.self_correction, relabel=r.context_randomisation))
     rows, per_rollout, k = _rows_per_update(rl, loop, r.envs_per_rollout)
     updates_per_rollout = per_rollout * rl.epochs
     if rl.num_updates % updates_per_rollout:
@@ -168,7 +175,7 @@ def train(exp, params, directory: Path, log: RunLog, evaluate=None):
         traj = play(params, instances, k_play)
         inputs = unit_inputs(rl, exp.renderer, traj, instances, pad_id)
         batch = rl_batch(params, ref_params, exp.model_cfg, rl, inputs, traj, loop.temperature,
-                         forced_turns=loop.exploration is not None)
+                         forced_turns=loop.exploration is not None, renderer=exp.renderer, env_params=instances)
         if rl.batch_unit == "context":  # the rollout's contexts in a random order, the remainder left out
             batch = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), batch)
             order = jax.random.permutation(jax.random.fold_in(key, 1), r.envs_per_rollout * loop.num_steps)

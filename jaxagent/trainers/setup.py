@@ -161,9 +161,10 @@ def build(cfg: ExperimentConfig) -> Experiment:
                            history_segments=r.history_segments)
     # Evaluation plays the policy with the evaluation's own exploration mechanisms (none by default).
     e = cfg.eval
-    if e.context_randomisation and env.kind != "bandit":
-        raise ConfigError(f"config key 'eval.context_randomisation': applies to multi-armed bandits only, not "
-                          f"{cfg.env.name}")
+    for key, on in (("rollout", r.context_randomisation), ("eval", e.context_randomisation)):
+        if on and env.kind != "bandit":
+            raise ConfigError(f"config key '{key}.context_randomisation': applies to multi-armed bandits only, not "
+                              f"{cfg.env.name}")
     inference = Inference(votes=e.self_consistency, vote=e.vote, self_correction=e.self_correction,
                           relabel=e.context_randomisation)
     eval_loop = dataclasses.replace(train_loop, temperature=e.temperature, top_k=0, top_p=1.0, inference=inference,
