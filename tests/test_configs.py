@@ -65,3 +65,22 @@ def test_the_contextual_paper_config_trains_with_a_history_window_one_context_at
         f"run.output_dir={tmp_path}"])
     assert set(summary) == {"random", "ucb", "greedy_expert", "linucb", "initial", "rlft"}
     assert summary["linucb"]["regret"]["mean"] <= summary["random"]["regret"]["mean"]
+
+
+def test_the_tictactoe_paper_config_trains_its_value_head_with_gae_end_to_end(tmp_path):
+    """RLFT with the value head and GAE on tic-tac-toe rows cut mid-game (3 agent turns: unfinished games
+    bootstrap from the value head), then win / draw / loss per finished game."""
+    from jaxagent import report
+    from jaxagent.trainers import train_from_config
+    summary = train_from_config(CONFIGS / "paper" / "tictactoe_random_2b.yaml", [
+        "model.checkpoint=shipped:nano-tictactoe-base", "model.tokenizer=shipped", "model.dtype=float32",
+        "env.num_steps=3", "env.pool_size=8", "rollout.envs_per_rollout=4", "rollout.max_new_tokens=24",
+        "rollout.history_segments=1", "rl.batch_size=6", "rl.num_updates=4", "optim.name=adamw",
+        "optim.learning_rate=0.001", "optim.warmup_steps=1", "eval.num_episodes=4", "run.checkpoint_every=4",
+        "run.log_every=1", "run.seeds=[]", f"run.output_dir={tmp_path}"])
+    for row in summary.values():
+        assert sum(row[k]["mean"] for k in ("win", "draw", "loss")) == pytest.approx(1.0)
+    scalars = report.read_scalars(tmp_path / "tictactoe_random_2b" / "tb")
+    steps, value_loss = scalars["rlft/loss/value"]  # one rollout of 12 contexts: 2 batches x 2 epochs
+    np.testing.assert_array_equal(steps, [4])
+    assert np.all(np.isfinite(value_loss)) and np.all(value_loss > 0)
