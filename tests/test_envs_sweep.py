@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cpu_devices import FLAGS as CPU_FLAGS
 from envs_jax import sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -116,7 +117,7 @@ policies: [{name: random}, {name: linucb}]
 """)
     port = _free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
-               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2")
+               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {CPU_FLAGS} --xla_force_host_platform_device_count=2")
     procs = [subprocess.Popen([sys.executable, "-m", "jaxagent.cli", "sweep", str(cfg), f"out_dir={tmp_path / 'two'}",
                                "distributed=true", f"coordinator_address=127.0.0.1:{port}", "num_processes=2",
                                f"process_id={i}"], env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
