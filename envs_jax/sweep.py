@@ -71,6 +71,8 @@ class SweepConfig:
 
     def validate(self) -> None:
         processes.check_keys("", self.distributed, self.coordinator_address, self.num_processes, self.process_id)
+        if "://" in self.out_dir:
+            raise ConfigError(f"config key 'out_dir': {self.out_dir!r}: sweeps write to a local directory")
         if not self.envs:
             raise ConfigError("config key 'envs': at least one environment is needed")
         if self.seeds < 1:
@@ -186,7 +188,7 @@ def _over_devices(tree):
 
     def put(x):
         x = np.asarray(x)
-        x = np.concatenate([x, x[: -len(x) % len(devices)]])
+        x = x[np.arange(-(-len(x) // len(devices)) * len(devices)) % len(x)]
         return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
     return jax.tree.map(put, tree)
 

@@ -384,6 +384,9 @@ class ExperimentConfig:
                          ("self_correction", "each turn's answer follows its first answer")):
             _require(not getattr(self.rollout, key) or self.rl.batch_unit == "context", f"rollout.{key}",
                      f"needs rl.batch_unit: context ({why}, so episodes do not pack)", getattr(self.rollout, key))
+        _require(not (self.rollout.self_correction and self.rl.advantage == "gae"), "rollout.self_correction",
+                 "cannot be combined with rl.advantage: gae (a corrected turn's value is read after its first "
+                 "answer, an unfinished episode's bootstrap before one)", self.rollout.self_correction)
         _require(not (self.rollout.self_correction and self.rollout.self_consistency > 1), "rollout.self_correction",
                  "cannot be combined with rollout.self_consistency > 1", self.rollout.self_correction)
         _require(self.rollout.self_consistency == 1 or self.rollout.temperature > 0, "rollout.self_consistency",

@@ -82,11 +82,10 @@ def splice(expert, policy, steps: jax.Array):
         p = jnp.take_along_axis(p, at.reshape(at.shape + (1,) * (p.ndim - 2)), axis=1)
         return jnp.where(from_expert.reshape(from_expert.shape + (1,) * (e.ndim - 2)), e, p)
 
-    steps_fields = expert.replace(start_tokens=None, start_lengths=None, prefix_length=None)
-    policy_fields = policy.replace(start_tokens=None, start_lengths=None, prefix_length=None)
-    spliced = jax.tree.map(pick, steps_fields, policy_fields)
+    whole = dict(start_tokens=None, start_lengths=None, prefix_length=None, final_states=None)  # not per step
+    spliced = jax.tree.map(pick, expert.replace(**whole), policy.replace(**whole))
     return spliced.replace(start_tokens=expert.start_tokens, start_lengths=expert.start_lengths,
-                           prefix_length=expert.prefix_length)
+                           prefix_length=expert.prefix_length, final_states=policy.final_states)
 
 
 def loss_mask(traj, from_step: jax.Array) -> jax.Array:

@@ -109,16 +109,24 @@ class RunLog:
             f.writelines(json.dumps({"update": int(step), **record}) + "\n" for record in records)
 
     def sync(self) -> None:
-        """A run directory in a bucket: its new and changed files copied up."""
+        """A run directory in a bucket: its new and changed files copied up (a failure is reported, and the next
+        sync tries again: the checkpoints are in the bucket already)."""
         if self._writer is not None and self.remote:
             self._writer.flush()
+            self._push()
+
+    def _push(self) -> None:
+        try:
             storage.push(self.directory)
+        except Exception as e:  # whatever the storage client raises
+            print(f"jaxagent: copying {self.directory} to {self.remote} failed ({type(e).__name__}: "
+                  f"{str(e)[:200]}); it is tried again at the next checkpoint and at the end", file=sys.stderr)
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             if self.remote:
-                storage.push(self.directory)
+                self._push()
 
     def __enter__(self) -> "RunLog":
         return self

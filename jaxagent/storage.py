@@ -27,7 +27,8 @@ def is_url(path) -> bool:
 
 def mirror_root() -> Path:
     """Where bucket paths are mirrored on this machine: ``$JAXAGENT_MIRROR``, or ``~/.cache/jaxagent/mirror``."""
-    return Path(os.environ.get("JAXAGENT_MIRROR", Path.home() / ".cache" / "jaxagent" / "mirror")).absolute()
+    root = os.environ.get("JAXAGENT_MIRROR") or Path(os.path.expanduser("~")) / ".cache" / "jaxagent" / "mirror"
+    return Path(root).absolute()
 
 
 def local_for(url: str) -> Path:
@@ -46,8 +47,8 @@ def url_for(path) -> str | None:
 
 
 def durable(path) -> epath.Path:
-    """Where Orbax writes what belongs under ``path``: the bucket for a mirror path, else ``path`` itself."""
-    url = url_for(path)
+    """Where Orbax writes what belongs under ``path``: the bucket for a mirror path or a URL, else ``path``."""
+    url = str(path) if is_url(path) else url_for(path)
     return epath.Path(url) if url else epath.Path(Path(path).absolute())
 
 
@@ -94,8 +95,9 @@ def push(local: Path) -> None:
 
 
 def local_copy(url: str) -> Path:
-    """A bucket directory (e.g. an HF Gemma 2 checkpoint) copied down once into the mirror; processes sharing a
-    machine copy it once between them."""
+    """A bucket directory (e.g. an HF Gemma 2 checkpoint) copied down once into the mirror (delete the copy to
+    fetch a changed directory again); processes sharing a machine each copy it, and the first to finish keeps its
+    copy."""
     local = local_for(url)
     if (local / ".copied").is_file():
         return local
@@ -103,6 +105,7 @@ def local_copy(url: str) -> Path:
     remote = epath.Path(url)
     if not remote.is_dir():
         raise FileNotFoundError(f"{url}: no such directory")
+    part.mkdir(parents=True)
     for src in _files(remote, ()):
         _copy(src, epath.Path(part / src.relative_to(remote)))
     (part / ".copied").touch()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cpu_devices import FLAGS as CPU_FLAGS
+from cpu_devices import FLAGS as CPU_FLAGS, run_on_cpu_devices
 from envs_jax import sweep
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,3 +133,20 @@ policies: [{name: random}, {name: linucb}]
         assert got.keys() == want.keys()
         for k, value in want.items():
             assert got[k] == (value if isinstance(value, str) else pytest.approx(value, rel=1e-6, abs=1e-6)), k
+
+
+def test_episodes_of_any_count_split_over_four_devices_and_gather_back():
+    """Padding to a multiple of the device count, whatever the count (fewer episodes than devices included)."""
+    script = """
+import jax, numpy as np
+from envs_jax import sweep
+assert jax.device_count() == 4
+for n in range(1, 10):
+    tree = {"a": np.arange(n * 3, dtype=np.float32).reshape(n, 3), "k": np.arange(n, dtype=np.uint32)}
+    split = sweep._over_devices(tree)
+    assert split["a"].shape[0] % 4 == 0 and len(split["a"].sharding.device_set) == 4
+    back = sweep._gather(split, n)
+    assert all(np.array_equal(back[k], tree[k]) for k in tree), n
+print("ok")
+"""
+    assert run_on_cpu_devices(4, ["-c", script]).strip() == "ok"

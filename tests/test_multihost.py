@@ -1,6 +1,6 @@
 """Multi-host runs through the command line: processes joined by ``jax.distributed`` (gloo over localhost) train
-SFT then RLFT as one run, equal to one process holding all their devices; a run killed with SIGKILL resumes to the
-uninterrupted run's summary; checkpoints restore onto another mesh and device count."""
+as one run (RLFT; SFT then RLFT), equal to one process holding all their devices; a run killed with SIGKILL
+resumes to the uninterrupted run's summary; checkpoints restore onto another mesh and device count."""
 import json
 import os
 import shutil
@@ -72,15 +72,17 @@ def _one_process(tmp_path: Path, name: str, devices: int, *settings: str, verb: 
 
 def _killed_once(tmp_path: Path, name: str, devices: int, after: str, *settings: str) -> None:
     """The run started, killed with SIGKILL once ``after`` (a path in its run directory) exists."""
-    proc = subprocess.Popen(_command(tmp_path, name, *settings), env=_env(devices), cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 600
-    while not (tmp_path / name / after).exists():
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    proc.kill()
-    proc.communicate()
+    log = tmp_path / f"{name}.killed.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(_command(tmp_path, name, *settings), env=_env(devices), cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + 600
+        while not (tmp_path / name / after).exists():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.kill()
+        proc.wait()
     assert proc.returncode == -signal.SIGKILL and not (tmp_path / name / "summary.json").exists()
 
 
@@ -99,7 +101,7 @@ def test_two_processes_train_as_one_run_on_two_devices_and_a_killed_run_resumes_
     _two_processes(tmp_path, "two_hosts", 1, *RLFT_ONLY)
     _one_process(tmp_path, "one_host", 2, *RLFT_ONLY)
     _killed_once(tmp_path, "killed", 2, "rlft/checkpoints/1", *RLFT_ONLY)
-    _one_process(tmp_path, "killed", 2, *RLFT_ONLY)
+    assert "rlft:  50%" in _one_process(tmp_path, "killed", 2, *RLFT_ONLY)  # resumed after update 1 of 2
 
     two_hosts, one_host, killed = tmp_path / "two_hosts", tmp_path / "one_host", tmp_path / "killed"
     assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["killed", "one_host", "two_hosts"]

@@ -41,7 +41,9 @@ def gcs(tmp_path_factory):
             time.sleep(0.1)
     # every client goes to the local server, none to Google (no credentials lookup, no metadata server)
     # (gcsfs's bucket-type probe speaks gRPC, which the local server does not)
-    env = dict(os.environ, STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url,
+    home = tmp_path_factory.mktemp("home")  # no credentials of this machine's user reach the clients
+    env = dict({k: v for k, v in os.environ.items() if k != "GOOGLE_APPLICATION_CREDENTIALS"},
+               CLOUDSDK_CONFIG=str(home), FSSPEC_GCS_TOKEN="anon", STORAGE_EMULATOR_HOST=url, TENSORSTORE_GCS_HTTP_URL=url,
                GOOGLE_AUTH_TOKEN_FOR_TESTING="local", GCE_METADATA_ROOT="127.0.0.1:9", GCE_METADATA_HOST="127.0.0.1:9",
                GCE_METADATA_IP="127.0.0.1:9", NO_GCE_CHECK="true", GOOGLE_CLOUD_PROJECT="local",
                GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false", JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))

@@ -36,7 +36,11 @@ def make_mesh(data: int = 1, fsdp: int = 1, tensor: int = 1, devices=None) -> Me
     if n < len(devices):
         return Mesh(np.array(devices[:n]).reshape(data, fsdp, tensor), AXES)
     # the whole slice: on TPU, axes laid along the chips' interconnect (tensor, the most talkative, innermost)
-    return Mesh(mesh_utils.create_device_mesh((data, fsdp, tensor), devices, allow_split_physical_axes=True), AXES)
+    try:
+        grid = mesh_utils.create_device_mesh((data, fsdp, tensor), devices, allow_split_physical_axes=True)
+    except (AssertionError, ValueError, NotImplementedError):  # a layout it cannot map: the devices in order
+        grid = np.array(devices).reshape(data, fsdp, tensor)
+    return Mesh(grid, AXES)
 
 
 def _fit(spec: tuple, shape: tuple, mesh: Mesh | None) -> P:

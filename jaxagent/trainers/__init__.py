@@ -142,6 +142,8 @@ def eval_from_config(path, overrides) -> dict:
     if analysis is not None:
         directory = cfg.run.directory / "analyses"
         result = analyses.run(analysis, exp, policy.params, evaluator, directory)
+        if storage.url_for(directory) and is_main_process():
+            storage.push(directory)
         print(json.dumps(result, indent=2))
         print(f"analysis: {directory} ({analysis.replace('-', '_')}.json, .png)")
         return result
@@ -163,6 +165,8 @@ def export_from_config(path, overrides) -> None:
     config and weights, the config's tokenizer with the chat template, and a generation config."""
     checkpoint, overrides = _checkpoint_arg(overrides)
     out, overrides = _pop(overrides, "out")
+    if storage.is_url(out):
+        raise ConfigError(f"out={out}: export writes a local directory (copy it to the bucket after)")
     cfg = load_experiment(path, overrides)
     _load(checkpoint, cfg).save_hf(out)
     save_hf_tokenizer(tokenizer_for(cfg), out)

@@ -159,6 +159,11 @@ def states_at(traj, rows: np.ndarray, steps: np.ndarray):
     return jax.tree.map(lambda x: x[rows, steps], traj.states)
 
 
+def _token_fields(traj):
+    """What a repository keeps of a trajectory: the per-row episode fields, no env states."""
+    return traj.replace(states=None, prefix_length=None, final_states=None)
+
+
 class Repository:
     """Training episodes (token fields of spliced trajectories) and their loss masks, kept on the host."""
 
@@ -167,7 +172,7 @@ class Repository:
 
     def add(self, traj, mask, keep) -> "Repository":
         keep = np.asarray(keep, bool)
-        rows = jax.tree.map(lambda x: np.asarray(x)[keep], traj.replace(states=None, prefix_length=None))
+        rows = jax.tree.map(lambda x: np.asarray(x)[keep], _token_fields(traj))
         mask = np.asarray(mask)[keep]
         if self.traj is None:
             return Repository(rows, mask)
@@ -193,7 +198,7 @@ class Repository:
         """The repository saved at ``path``; ``like`` (a repository or trajectory) gives the tree structure."""
         with np.load(path) as data:
             leaves = [data[f"arr_{i}"] for i in range(len(data.files))]
-        structure = jax.tree.structure(like.replace(states=None, prefix_length=None))
+        structure = jax.tree.structure(_token_fields(like))
         return cls(jax.tree.unflatten(structure, leaves[:-1]), leaves[-1])
 
 

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from envs_jax.yaml_config import ConfigError
+from jaxagent import storage
 from jaxagent.model import load_policy
 from jaxagent.model.policy import Policy
 from jaxagent.packing import token_mask
@@ -62,8 +63,9 @@ class Context:
 
     def save_policy(self, params, directory: Path) -> None:
         """The method's final parameters as ``directory/policy`` (``jaxagent eval``/``export`` read it)."""
-        if not (directory / "policy").exists():
-            Policy(self.exp.model_cfg, params).save(directory / "policy")
+        target = storage.durable(directory / "policy")
+        if not target.exists():
+            Policy(self.exp.model_cfg, params).save(target)
 
     def evaluate(self, params) -> np.ndarray:
         """bool [eval tasks]: the greedy policy succeeds (same tasks and env keys for every method)."""

@@ -90,6 +90,8 @@ def tokenizer_for(cfg: ExperimentConfig):
     shipped_model = m.checkpoint is not None and m.checkpoint.startswith(SHIPPED)
     if m.tokenizer == "shipped" or (m.tokenizer is None and (m.checkpoint is None or shipped_model)):
         return shipped_tokenizer()
+    if m.tokenizer is not None and storage.is_url(m.tokenizer):
+        return load_tokenizer(storage.local_copy(m.tokenizer))
     return load_tokenizer(m.tokenizer or checkpoint_path(m.checkpoint))
 
 
