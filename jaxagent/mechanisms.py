@@ -33,6 +33,11 @@ class Inference:
     relabel: bool = False          # context randomisation
 
 
+def correction_width(tokenizer, max_new_tokens: int) -> int:
+    """Tokens a self-correction turn holds before its answer: the first answer, its end of turn, the request."""
+    return max_new_tokens + 1 + len(tokenizer.encode(CORRECTION))
+
+
 def chosen_sample(key, actions, valid, num_actions: int, vote: str):
     """Per row, the index of the sample the vote picks from ``actions``/``valid`` ``[V, B]``."""
     shares = jnp.sum(jax.nn.one_hot(actions, num_actions) * valid[..., None], axis=0)  # [B, A]

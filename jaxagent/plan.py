@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jax.sharding import AbstractMesh
 
 from envs_jax.yaml_config import ConfigError
+from jaxagent.mechanisms import correction_width
 from jaxagent.model import GemmaConfig
 from jaxagent.model.gemma import init_params
 from jaxagent.model.policy import DTYPES, read_policy_config
@@ -52,13 +53,20 @@ def _model_config(cfg) -> GemmaConfig:
     return read_policy_config(checkpoint_path(cfg.model.checkpoint))
 
 
+def _correction(cfg, renderer) -> int:
+    """Tokens a self-corrected turn adds before its answer (``rollout.self_correction``), else 0."""
+    if not cfg.rollout.self_correction:
+        return 0
+    return correction_width(renderer.tokenizer, cfg.rollout.max_new_tokens)
+
+
 def row_shape(cfg, renderer, num_steps: int) -> tuple[int, int]:
     """(tokens, query-key pairs of attention) of one training row: a step context (its prompt and generation) for
     ``rl.batch_unit: context``; a packed episode (shared prefix and lines once, then each step's tail and
     generation attending to them) otherwise."""
     G = cfg.rollout.max_new_tokens
     if cfg.rl.batch_unit == "context":
-        t = renderer.width + G
+        t = renderer.width + G + _correction(cfg, renderer)
         return t, t * t
     shared = renderer.prefix[1] + num_steps * renderer.line_width
     private = renderer.tail_width + G
@@ -138,7 +146,7 @@ def plan_from_config(path, overrides, devices: int | None = None) -> dict:
         rows = episodes_per_update(rows, num_steps)
     if devices is None:
         devices = math.prod(cfg.model.mesh) if -1 not in cfg.model.mesh else jax.device_count()
-    result = plan(cfg, devices, renderer.width + cfg.rollout.max_new_tokens, row_shape(cfg, renderer, num_steps),
-                  rows)
+    cache_len = renderer.width + cfg.rollout.max_new_tokens + _correction(cfg, renderer)
+    result = plan(cfg, devices, cache_len, row_shape(cfg, renderer, num_steps), rows)
     print(format_plan(result))
     return result

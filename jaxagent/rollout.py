@@ -105,7 +105,7 @@ class AgentLoop:
         """Cache slots a self-correction turn adds: the first answer and the request after it."""
         if not self.inference.self_correction:
             return 0
-        return self.max_new_tokens + 1 + len(self.renderer.tokenizer.encode(mechanisms.CORRECTION))
+        return mechanisms.correction_width(self.renderer.tokenizer, self.max_new_tokens)
 
     def __post_init__(self):
         if self.exploration is not None:

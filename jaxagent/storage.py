@@ -10,8 +10,10 @@ copied down once into the mirror.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from etils import epath
@@ -94,25 +96,35 @@ def push(local: Path) -> None:
             _pushed[path] = _signature(path)
 
 
+def _listing(remote: epath.Path) -> dict[str, int]:
+    """Each file under ``remote`` and its size in bytes."""
+    return {str(f.relative_to(remote)): int(f.stat().length) for f in _files(remote, ())}
+
+
 def local_copy(url: str) -> Path:
-    """A bucket directory (e.g. an HF Gemma 2 checkpoint) copied down once into the mirror (delete the copy to
-    fetch a changed directory again); processes sharing a machine each copy it, and the first to finish keeps its
+    """A bucket directory (e.g. an HF Gemma 2 checkpoint) copied down into the mirror, again only where the bucket's
+    files (names and sizes) changed since; processes sharing a machine each copy it, the first to finish keeps its
     copy."""
-    local = local_for(url)
-    if (local / ".copied").is_file():
-        return local
-    part = local.with_name(f"{local.name}.part{os.getpid()}")
-    remote = epath.Path(url)
+    local, remote = local_for(url), epath.Path(url)
     if not remote.is_dir():
         raise FileNotFoundError(f"{url}: no such directory")
-    part.mkdir(parents=True)
+    listing = json.dumps(_listing(remote), sort_keys=True)
+    marker = local / ".copied"
+    if marker.is_file() and marker.read_text() == listing:
+        return local
+    local.parent.mkdir(parents=True, exist_ok=True)
+    part = Path(tempfile.mkdtemp(prefix=f"{local.name}.part", dir=local.parent))
     for src in _files(remote, ()):
         _copy(src, epath.Path(part / src.relative_to(remote)))
-    (part / ".copied").touch()
+    (part / ".copied").write_text(listing)
+    if marker.is_file():  # an older copy: set aside, then replaced
+        stale = Path(tempfile.mkdtemp(prefix=f"{local.name}.stale", dir=local.parent))
+        local.rename(stale / local.name)
+        shutil.rmtree(stale)
     try:
         part.rename(local)
     except OSError:  # another process finished first, or an earlier copy was cut short
         shutil.rmtree(part)
-        if not (local / ".copied").is_file():
+        if not marker.is_file():
             raise
     return local

@@ -38,7 +38,10 @@ def _eval_scalars(evaluator: Evaluator):
 
 def _across_seeds(directory: Path, runs: dict[int, Path]) -> dict:
     """``summary.json`` and ``curves.json`` of runs that differ only in their seed: per method and metric the mean
-    of the seeds' means with its 95% CI over seeds (the paper's), and the per-seed means; the curves likewise."""
+    of the seeds' means with its 95% CI over seeds (the paper's), and the per-seed means; the curves likewise.
+    Process 0 of a multi-host run, which wrote the seeds' files, reads them; the others return nothing."""
+    if not is_main_process():
+        return {}
     summaries = {seed: json.loads((d / "summary.json").read_text()) for seed, d in runs.items()}
     curves = {seed: json.loads((d / "curves.json").read_text()) for seed, d in runs.items()}
     first = next(iter(summaries.values()))
@@ -67,7 +70,7 @@ def train_from_config(path, overrides) -> dict:
                                      f"run.output_dir={cfg.run.directory}"])
             runs[seed] = cfg.run.directory / f"seed_{seed}"
         summary = _across_seeds(cfg.run.directory, runs)
-        if storage.url_for(cfg.run.directory) and is_main_process():
+        if summary and storage.url_for(cfg.run.directory):
             storage.push(cfg.run.directory)
         print_table(summary)
         print(f"run directory: {cfg.run.directory} (summary.json over seeds {list(cfg.run.seeds)}, seed_S/)")
