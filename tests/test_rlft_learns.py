@@ -38,7 +38,7 @@ def _train_and_evaluate(out_dir, seed, control, settings):
 
     real = rlft.ADVANTAGES["rewards_to_go_mc"]
     if control:
-        zero = lambda rl, rewards, traj, values: (jnp.zeros_like(rewards), jnp.zeros_like(rewards))
+        zero = lambda rl, rewards, *_: (jnp.zeros_like(rewards), jnp.zeros_like(rewards))
         rlft.ADVANTAGES["rewards_to_go_mc"] = rlft.Advantage(zero, needs_values=False)
     try:
         cfg = load_experiment(None, settings + [f"run.seed={seed}", f"run.output_dir={out_dir}",
