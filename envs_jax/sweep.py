@@ -130,7 +130,8 @@ def _group_runner(env, policies):
 
     @jax.jit
     def run(params, key_data):
-        final, steps = jax.vmap(episode)(jax.random.wrap_key_data(key_data), params)   # final: [N, P, ...]; steps: [N, H, P]
+        # final: [N, P, ...]; steps: [N, H, P]
+        final, steps = jax.vmap(episode)(jax.random.wrap_key_data(key_data), params)
         results = []
         for i in range(num_policies):
             st = jax.tree.map(lambda x, i=i: x[:, i], final)

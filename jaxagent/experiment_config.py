@@ -58,6 +58,16 @@ class EnvConfig:
             _positive(self, "env", "num_steps")
 
 
+def _check_mechanisms(section: Any, prefix: str) -> None:
+    """The inference mechanisms a ``rollout`` or ``eval`` section turns on agree with each other."""
+    _positive(section, prefix, "self_consistency")
+    if section.self_consistency > 1:
+        _require(section.temperature > 0, f"{prefix}.temperature", f"must be > 0 with {prefix}.self_consistency > 1 "
+                 "(greedy answers all agree)", section.temperature)
+        _require(not section.self_correction, f"{prefix}.self_correction", "cannot be combined with "
+                 f"{prefix}.self_consistency > 1", section.self_correction)
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     preset: str = "tiny"                   # a jaxagent.model preset (tiny, gemma2-2b, gemma2-9b, ...)
@@ -122,7 +132,8 @@ class RolloutConfig:
                                            # ids, appended to <run>/rlft/samples.jsonl
 
     def validate(self) -> None:
-        _positive(self, "rollout", "envs_per_rollout", "max_new_tokens", "self_consistency")
+        _positive(self, "rollout", "envs_per_rollout", "max_new_tokens")
+        _check_mechanisms(self, "rollout")
         if self.history_segments is not None:
             _positive(self, "rollout", "history_segments")
         _require(self.temperature >= 0, "rollout.temperature", "must be >= 0", self.temperature)
@@ -290,13 +301,9 @@ class EvalConfig:
         return "".join(f"+{name}" for name in names)
 
     def validate(self) -> None:
-        _positive(self, "eval", "every", "self_consistency")
+        _positive(self, "eval", "every")
+        _check_mechanisms(self, "eval")
         _unit_interval(self, "eval", "epsilon")
-        if self.self_consistency > 1:
-            _require(self.temperature > 0, "eval.temperature", "must be > 0 with eval.self_consistency > 1 "
-                     "(greedy answers all agree)", self.temperature)
-            _require(not self.self_correction, "eval.self_correction", "cannot be combined with "
-                     "eval.self_consistency > 1", self.self_correction)
         _require(self.num_episodes >= 2, "eval.num_episodes", "must be >= 2 (for a confidence interval)",
                  self.num_episodes)
         _require(self.temperature >= 0, "eval.temperature", "must be >= 0", self.temperature)
@@ -387,10 +394,6 @@ class ExperimentConfig:
         _require(not (self.rollout.self_correction and self.rl.advantage == "gae"), "rollout.self_correction",
                  "cannot be combined with rl.advantage: gae (a corrected turn's value is read after its first "
                  "answer, an unfinished episode's bootstrap before one)", self.rollout.self_correction)
-        _require(not (self.rollout.self_correction and self.rollout.self_consistency > 1), "rollout.self_correction",
-                 "cannot be combined with rollout.self_consistency > 1", self.rollout.self_correction)
-        _require(self.rollout.self_consistency == 1 or self.rollout.temperature > 0, "rollout.self_consistency",
-                 "needs rollout.temperature > 0 (greedy answers all agree)", self.rollout.self_consistency)
         _require(self.rl.group_size == 1 or self.rl.advantage == "rewards_to_go_mc", "rl.group_size",
                  "applies to rl.advantage 'rewards_to_go_mc' only (must be 1 with 'gae')", self.rl.group_size)
 

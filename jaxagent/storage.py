@@ -86,6 +86,14 @@ def _signature(path: Path) -> tuple[int, int]:
     return stat.st_size, stat.st_mtime_ns
 
 
+def publish(local: Path) -> None:
+    """:func:`push` a directory written by process 0, where it mirrors a bucket's (else nothing)."""
+    import jax
+
+    if url_for(local) and jax.process_index() == 0:
+        push(local)
+
+
 def push(local: Path) -> None:
     """Copy a mirrored directory's new and changed files up to its bucket."""
     remote = epath.Path(url_for(local))

@@ -70,8 +70,7 @@ def train_from_config(path, overrides) -> dict:
                                      f"run.output_dir={cfg.run.directory}"])
             runs[seed] = cfg.run.directory / f"seed_{seed}"
         summary = _across_seeds(cfg.run.directory, runs)
-        if summary and storage.url_for(cfg.run.directory):
-            storage.push(cfg.run.directory)
+        storage.publish(cfg.run.directory)
         print_table(summary)
         print(f"run directory: {cfg.run.directory} (summary.json over seeds {list(cfg.run.seeds)}, seed_S/)")
         return summary
@@ -109,9 +108,7 @@ def _pop(overrides, key: str, required: bool = True):
 
 def _checkpoint_arg(overrides) -> tuple[Path, list]:
     checkpoint, overrides = _pop(overrides, "checkpoint")
-    if storage.is_url(checkpoint):
-        return storage.local_copy(checkpoint), overrides
-    if checkpoint.startswith(SHIPPED):
+    if storage.is_url(checkpoint) or checkpoint.startswith(SHIPPED):
         return checkpoint_path(checkpoint, "checkpoint"), overrides
     if not Path(checkpoint).exists():
         raise ConfigError(f"checkpoint directory not found: {checkpoint}")
@@ -145,8 +142,7 @@ def eval_from_config(path, overrides) -> dict:
     if analysis is not None:
         directory = cfg.run.directory / "analyses"
         result = analyses.run(analysis, exp, policy.params, evaluator, directory)
-        if storage.url_for(directory) and is_main_process():
-            storage.push(directory)
+        storage.publish(directory)
         print(json.dumps(result, indent=2))
         print(f"analysis: {directory} ({analysis.replace('-', '_')}.json, .png)")
         return result
@@ -156,8 +152,7 @@ def eval_from_config(path, overrides) -> dict:
     else:
         report = checkpoint.parent / f"eval{cfg.eval.mechanisms}"
     summary = write_report(report, curves)
-    if storage.url_for(report) and is_main_process():
-        storage.push(report)
+    storage.publish(report)
     print_table(summary)
     print(f"report: {report} (summary.json, regret.png, coverage.png)")
     return summary

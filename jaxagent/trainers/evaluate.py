@@ -2,8 +2,8 @@
 
 Bandits: cumulative regret, action coverage and the greedy-action rate (the share of steps that pick an
 arm with the best average reward so far, the paper's measure of greediness) by step; each method's summary
-is the mean and the 95%-CI half-width over episodes of their final values. Tic-tac-toe: return and win/draw/loss per finished game
-(a row plays games one after another).
+is the mean and the 95%-CI half-width over episodes of their final values. Tic-tac-toe: return and
+win/draw/loss per finished game (a row plays games one after another).
 """
 from __future__ import annotations
 

@@ -26,12 +26,12 @@ from jaxagent import advantages as adv_lib
 from jaxagent import losses, metrics
 from jaxagent.contexts import final_values, score_contexts, step_contexts
 from jaxagent.experiment_config import RLConfig
-from jaxagent.mechanisms import Inference
 from jaxagent.model.config import GemmaConfig
 from jaxagent.packing import pack, score_packed, token_mask
 from jaxagent.runlog import RunLog
 from jaxagent.trainers.loop import (Phase, check_batch_split, check_growing_history, draw, episodes_per_update,
                                     micro_batches, run_phase, split_updates)
+from jaxagent.trainers.setup import inference_of
 
 
 class Advantage(NamedTuple):
@@ -156,8 +156,7 @@ def transcripts(tokenizer, episodes: dict) -> list[dict]:
 def train(exp, params, directory: Path, log: RunLog, evaluate=None):
     cfg = exp.cfg
     rl, r = cfg.rl, cfg.rollout
-    loop = dataclasses.replace(exp.train_loop, inference=Inference(
-        votes=r.self_consistency, vote=r.vote, self_correction=r.self_correction, relabel=r.context_randomisation))
+    loop = dataclasses.replace(exp.train_loop, inference=inference_of(r))  # SFT's expert rollouts go without
     rows, per_rollout, k = _rows_per_update(rl, loop, r.envs_per_rollout)
     updates_per_rollout = per_rollout * rl.epochs
     if rl.num_updates % updates_per_rollout:
@@ -180,8 +179,8 @@ def train(exp, params, directory: Path, log: RunLog, evaluate=None):
             batch = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), batch)
             order = jax.random.permutation(jax.random.fold_in(key, 1), r.envs_per_rollout * loop.num_steps)
             batch = jax.tree.map(lambda x: x[order[: rows * per_rollout]], batch)
-        return batch, metrics.rollout_summary(traj, exp.env.num_actions), first_episodes(traj, r.log_samples,
-                                                                                         exp.mesh)
+        episodes = first_episodes(traj, r.log_samples, exp.mesh) if r.log_samples else None
+        return batch, metrics.rollout_summary(traj, exp.env.num_actions), episodes
 
     def make_data(key, params):
         batch, stats, episodes = make_batch(key, params, ref_params, pool)

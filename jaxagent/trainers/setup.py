@@ -140,6 +140,12 @@ def _exploration(env, renderer, cfg: ExperimentConfig, section: str, try_all: bo
                                epsilon if epsilon_greedy else 0.0)
 
 
+def inference_of(section) -> Inference:
+    """The inference mechanisms a ``rollout`` or ``eval`` section turns on."""
+    return Inference(votes=section.self_consistency, vote=section.vote, self_correction=section.self_correction,
+                     relabel=section.context_randomisation)
+
+
 def build(cfg: ExperimentConfig) -> Experiment:
     if cfg.run.distributed:
         processes.join("run.", cfg.run.coordinator_address, cfg.run.num_processes, cfg.run.process_id)
@@ -167,9 +173,8 @@ def build(cfg: ExperimentConfig) -> Experiment:
         if on and env.kind != "bandit":
             raise ConfigError(f"config key '{key}.context_randomisation': applies to multi-armed bandits only, not "
                               f"{cfg.env.name}")
-    inference = Inference(votes=e.self_consistency, vote=e.vote, self_correction=e.self_correction,
-                          relabel=e.context_randomisation)
-    eval_loop = dataclasses.replace(train_loop, temperature=e.temperature, top_k=0, top_p=1.0, inference=inference,
+    eval_loop = dataclasses.replace(train_loop, temperature=e.temperature, top_k=0, top_p=1.0,
+                                    inference=inference_of(e),
                                     exploration=_exploration(env, renderer, cfg, "eval", e.try_all,
                                                              e.epsilon_greedy, e.epsilon))
     return Experiment(cfg, mesh, env, tokenizer, renderer, parser, model_cfg, params, train_loop, eval_loop)
