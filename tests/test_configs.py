@@ -68,8 +68,9 @@ def test_the_contextual_paper_config_trains_with_a_history_window_one_context_at
 
 
 def test_the_tictactoe_paper_config_trains_its_value_head_with_gae_end_to_end(tmp_path):
-    """RLFT with the value head and GAE on tic-tac-toe rows cut mid-game (3 agent turns: unfinished games
-    bootstrap from the value head), then win / draw / loss per finished game."""
+    """RLFT with the value head and GAE on tic-tac-toe rows cut mid-game (3 agent turns) runs through the trainer:
+    a finite value loss is logged, and win / draw / loss are reported per finished game. The bootstrap's values
+    are checked against a host computation in tests/test_objectives.py."""
     from jaxagent import report
     from jaxagent.trainers import train_from_config
     summary = train_from_config(CONFIGS / "paper" / "tictactoe_random_2b.yaml", [
